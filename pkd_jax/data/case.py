@@ -23,6 +23,7 @@ MAP_UNITS = {
     "cbv": "ml/100 g",  # cerebral blood volume
     "cbf": "ml/100 g/min",  # cerebral blood flow
     "mtt": "s",  # mean transit time, CBV / CBF * 60
+    "delay": "s",  # bolus arrival delay relative to the AIF (phantom only)
 }
 # The three maps the network predicts, in the paper's order.
 TARGET_MAPS = ("tmax", "cbv", "cbf")
@@ -40,6 +41,7 @@ class Case:
   spacing_mm: tuple[float, float, float] = (5.0, 1.0, 1.0)  # (slice, row, column) spacing
   affine: np.ndarray | None = None  # 4x4 voxel-to-world of the source NIfTI, if any
   aif_hu: np.ndarray | None = None  # (T,) arterial input function (enhancement, HU), if known
+  labels: np.ndarray | None = None  # (S, H, W) uint8 tissue labels, if known (phantom.LABELS)
   params: dict[str, Any] = dataclasses.field(default_factory=dict)  # generator/reader metadata
   source: str = ""  # where the case came from (folder, or "phantom")
 

@@ -1,0 +1,183 @@
+"""The input pipeline (grain): slices -> degrade at several factors -> random patch -> batches.
+
+A *record* is one axial slice of one case. Sources give random access to preprocessed slices
+(:class:`PhantomSlices` generates them on demand, :class:`NiftiSlices` reads cases from disk). The
+dataset shuffles records (a new order every epoch), then, per record and with a random generator
+grain derives from (seed, record position), draws one crop: rows [y0, y0 + h), columns
+[x0, x0 + w) and frames [t0, t0 + L) of the 40-frame series. For each temporal factor n the
+sample-and-hold degradation is applied to the whole series first and the crop taken afterwards,
+so every factor of one example shows the same patch: a teacher and its student see the same crop.
+
+An example is a dict of numpy arrays:
+
+* ``scans``: (K, L, h, w) float32, normalised intensities (preprocess.normalise_hu), one per factor
+  in the order of ``factors``;
+* ``tmax``, ``cbv``, ``cbf``: (h, w) float32 ground-truth maps in physical units;
+* ``brain_mask``: (h, w) float32, 1 inside the brain;
+* ``origin``: (5,) int32, (case position, slice, t0, y0, x0), where the patch came from.
+
+Batches stack examples on a new leading axis. The iterator is grain's ``DatasetIterator``: its
+``get_state()`` / ``set_state()`` save and restore the position, so a resumed run sees exactly the
+batches an uninterrupted run would.
+
+Phantom splits are disjoint by construction: split s uses case indices SPLIT_OFFSETS[s] + i.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from pkd_jax.data import nifti, phantom, preprocess, temporal
+from pkd_jax.data.case import TARGET_MAPS
+
+SPLIT_OFFSETS = {"train": 0, "validation": 1_000_000, "test": 2_000_000}
+
+
+def _split_offset(split: str) -> int:
+  if split not in SPLIT_OFFSETS:
+    raise ValueError(f"unknown split {split!r}; valid splits: {sorted(SPLIT_OFFSETS)}")
+  return SPLIT_OFFSETS[split]
+
+
+class PhantomSlices:
+  """Random access to the slices of phantom cases of one split, generated on demand.
+
+  Record i is slice i % S of case SPLIT_OFFSETS[split] + i // S. The phantom is generated at the
+  preprocessing geometry, so preprocessing reduces to normalisation.
+  """
+
+  def __init__(self, config: phantom.PhantomConfig, seed: int, split: str, num_cases: int,
+               cache: bool = False):
+    self.config, self.seed, self.num_cases = config, seed, num_cases
+    self.case_indices = [_split_offset(split) + i for i in range(num_cases)]
+    self.geometry = preprocess.Geometry(config.height, config.width, config.num_frames)
+    self._params = functools.lru_cache(maxsize=64)(
+        lambda index: phantom.case_parameters(config, seed, index))
+    self._cache: dict[int, dict[str, np.ndarray]] | None = {} if cache else None
+
+  def __len__(self) -> int:
+    return self.num_cases * self.config.num_slices
+
+  def __getitem__(self, record: int) -> dict[str, Any]:
+    if self._cache is not None and record in self._cache:
+      return self._cache[record]
+    case_pos, slice_index = divmod(int(record), self.config.num_slices)
+    index = self.case_indices[case_pos]
+    sl = phantom.generate_slice(self.config, self.seed, index, slice_index, self._params(index))
+    out = _slice_record(sl["scan_hu"], {k: sl[k] for k in TARGET_MAPS}, sl["brain"], case_pos,
+                        slice_index)
+    if self._cache is not None:
+      self._cache[record] = out
+    return out
+
+
+class NiftiSlices:
+  """Random access to the slices of NIfTI cases (any layout of pkd_jax.data.nifti), preprocessed.
+
+  Cases are read and preprocessed on first use; the most recent few are kept in memory.
+  """
+
+  def __init__(self, root: str, layout: str = "isles2018", patterns: dict[str, str] | None = None,
+               geometry: preprocess.Geometry = preprocess.Geometry(), max_cached_cases: int = 4):
+    self.case_dirs = nifti.find_cases(root, layout, patterns)
+    self.layout, self.patterns, self.geometry = layout, patterns, geometry
+    self._load = functools.lru_cache(maxsize=max_cached_cases)(self._load_uncached)
+    self.records = []
+    for pos, case_dir in enumerate(self.case_dirs):
+      num_slices = nifti.count_slices(case_dir, layout, patterns)
+      self.records += [(pos, s) for s in range(num_slices)]
+
+  def _load_uncached(self, case_pos: int):
+    case = nifti.read_case(self.case_dirs[case_pos], self.layout, self.patterns, require_maps=True)
+    return preprocess.preprocess_case(case, self.geometry)
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, record: int) -> dict[str, Any]:
+    case_pos, s = self.records[int(record)]
+    case = self._load(case_pos)
+    return _slice_record(case.scan_hu[s], {k: case.maps[k][s] for k in TARGET_MAPS},
+                         case.masks["brain"][s], case_pos, s)
+
+
+def _slice_record(scan_hu, maps, brain, case_pos, slice_index) -> dict[str, Any]:
+  return dict(scan=preprocess.normalise_hu(scan_hu), brain_mask=brain.astype(np.float32),
+              case=case_pos, slice=slice_index, **{k: v.astype(np.float32) for k, v in maps.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchSpec:
+  """The training patch: the paper's random 128 x 128 x 32 crops of the 256 x 256 x 40 slices."""
+
+  height: int = 128
+  width: int = 128
+  num_frames: int = 32
+
+
+class CropAndDegrade(grain.transforms.RandomMap):
+  """Degrades each slice at every factor and crops the same patch from all of them."""
+
+  def __init__(self, factors: Sequence[int], patch: PatchSpec | None, random_crop: bool = True):
+    self.factors, self.patch, self.random_crop = tuple(factors), patch, random_crop
+
+  def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    scan = record["scan"]
+    t, h, w = scan.shape
+    ph, pw, pt = (h, w, t) if self.patch is None else (self.patch.height, self.patch.width,
+                                                      self.patch.num_frames)
+    if ph > h or pw > w or pt > t:
+      raise ValueError(f"patch {(ph, pw, pt)} larger than the slice {(h, w, t)}")
+    if self.random_crop:
+      t0, y0, x0 = (int(rng.integers(0, n - p + 1)) for n, p in ((t, pt), (h, ph), (w, pw)))
+    else:
+      t0, y0, x0 = (t - pt) // 2, (h - ph) // 2, (w - pw) // 2
+    window = scan[:, y0:y0 + ph, x0:x0 + pw]
+    # Crop of the degraded series: frame t0 + i of the crop holds input frame held[t0 + i].
+    scans = np.stack([window[temporal.held_frame_indices(t, n)[t0:t0 + pt]] for n in self.factors])
+    out = {k: record[k][y0:y0 + ph, x0:x0 + pw] for k in (*TARGET_MAPS, "brain_mask")}
+    out["scans"] = scans
+    out["origin"] = np.array([record["case"], record["slice"], t0, y0, x0], np.int32)
+    return out
+
+
+def make_dataset(source, *, factors: Sequence[int], patch: PatchSpec | None, batch_size: int,
+                 seed: int, train: bool = True) -> grain.MapDataset:
+  """The batched dataset over a slice source.
+
+  train=True: shuffled (a new order every epoch), repeated forever, random crops, full batches.
+  train=False: one pass in order, centre crops (or whole slices with patch=None), the last
+  partial batch kept.
+  """
+  for n in factors:
+    temporal.check_factor(n, source.geometry.num_frames, f"factors ({n})")
+  if len(source) == 0:
+    raise ValueError("the data source has no slices")
+  ds = grain.MapDataset.source(source)
+  if train:
+    ds = ds.seed(seed).shuffle().repeat(None)
+  ds = ds.random_map(CropAndDegrade(factors, patch, random_crop=train), seed=seed)
+  return ds.batch(batch_size, drop_remainder=train)
+
+
+def make_iterator(dataset: grain.MapDataset, num_workers: int = 0,
+                  prefetch_buffer_size: int = 2) -> grain.DatasetIterator:
+  """A checkpointable iterator; num_workers > 0 prepares batches in that many processes.
+
+  Worker processes need absl flags parsed (run under absl.app.run), a grain requirement.
+  """
+  ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                     per_worker_buffer_size=prefetch_buffer_size))
+  return iter(ds)
+
+
+def scans_for_factor(batch: dict[str, Any], factors: Sequence[int], factor: int):
+  """The batch's input at one temporal factor, shaped for the model: (B, L, h, w, 1)."""
+  return batch["scans"][:, list(factors).index(factor), ..., None]

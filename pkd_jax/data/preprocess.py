@@ -1,0 +1,123 @@
+"""Preprocessing shared by training and inference: resampling, intensity normalisation, brain mask.
+
+Every scan, phantom or real, goes through the same steps before the network sees it:
+
+1. In-plane resampling to height x width (default 256 x 256) by linear interpolation over pixel
+   areas (scipy.ndimage.zoom, grid_mode=True); maps likewise, masks by nearest neighbour.
+2. Temporal resampling to num_frames (default 40) frames equally spaced from the first to the last
+   acquired frame, by linear interpolation in the real frame times (which may be irregular).
+   A scan that already has num_frames equally spaced frames is left untouched.
+3. Intensity normalisation, fixed and identical at training and inference: HU clipped to
+   [-100, 700] (air and bone saturate; the AIF peak, at most ~540 HU, does not) and divided by 100,
+   so brain tissue sits near 0.3 and a 10 HU enhancement is 0.1. See :func:`normalise_hu`.
+4. A brain mask: the source's own when it has one, else :func:`estimate_brain_mask`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import ndimage
+
+from pkd_jax.data.case import Case
+from pkd_jax.errors import InputError
+
+HU_CLIP = (-100.0, 700.0)  # HU window of the normalisation
+HU_SCALE = 100.0  # HU per normalised unit
+
+
+def normalise_hu(scan_hu: np.ndarray) -> np.ndarray:
+  """The network's input intensity: clip(HU, -100, 700) / 100, float32."""
+  return (np.clip(scan_hu, *HU_CLIP) / HU_SCALE).astype(np.float32)
+
+
+def resample_inplane(array: np.ndarray, height: int, width: int, order: int = 1) -> np.ndarray:
+  """Resamples the last two axes to (height, width); order 1 for images and maps, 0 for masks."""
+  h, w = array.shape[-2:]
+  if (h, w) == (height, width):
+    return array
+  zoom = (1.0,) * (array.ndim - 2) + (height / h, width / w)
+  out = ndimage.zoom(array.astype(np.float32) if order else array.astype(np.uint8), zoom,
+                     order=order, mode="nearest", grid_mode=True)
+  return out.astype(array.dtype)
+
+
+def resample_time(scan: np.ndarray, frame_times_s: np.ndarray, num_frames: int,
+                  axis: int = -3) -> tuple[np.ndarray, np.ndarray]:
+  """Linear interpolation along the time axis onto num_frames equally spaced times.
+
+  The new frames span the acquisition, first to last frame. Returns (scan, new frame times).
+  """
+  times = np.asarray(frame_times_s, np.float64)
+  if times.shape != (scan.shape[axis],):
+    raise InputError("frame times", f"{times.shape[0]} frame times for {scan.shape[axis]} frames")
+  if len(times) < 2 or np.any(np.diff(times) <= 0):
+    raise InputError("frame times", "need at least two strictly increasing frame times")
+  new_times = np.linspace(times[0], times[-1], num_frames)
+  if len(times) == num_frames and np.allclose(times, new_times, rtol=0, atol=1e-6):
+    return scan, times
+  right = np.clip(np.searchsorted(times, new_times, side="right"), 1, len(times) - 1)
+  weight = ((new_times - times[right - 1]) / (times[right] - times[right - 1])).astype(np.float32)
+  shape = [1] * scan.ndim
+  shape[axis] = num_frames
+  weight = weight.reshape(shape)
+  lower = np.take(scan, right - 1, axis=axis)
+  upper = np.take(scan, right, axis=axis)
+  return (lower * (1 - weight) + upper * weight).astype(scan.dtype), new_times
+
+
+def estimate_brain_mask(scan_hu: np.ndarray) -> np.ndarray:
+  """A brain mask for scans that come without one, (S, T, H, W) HU -> (S, H, W) bool.
+
+  Heuristic: on the temporal mean (noise averaged over frames), take soft tissue between 20 and
+  100 HU (excludes CSF at ~10 HU, vessels, bone and air) inside the skull (the filled bone ring,
+  bone > 300 HU, minus the bone itself), open by one pixel and keep the largest component.
+  """
+  mean = scan_hu.mean(axis=1)
+  masks = np.zeros(mean.shape, bool)
+  for s, image in enumerate(mean):
+    bone = image > 300.0
+    inside = ndimage.binary_fill_holes(bone) & ~ndimage.binary_dilation(bone, iterations=1)
+    if not inside.any():  # no skull in view: fall back to the filled head outline
+      inside = ndimage.binary_fill_holes(image > -200.0)
+    tissue = inside & (image > 20.0) & (image < 100.0)
+    tissue = ndimage.binary_opening(tissue, iterations=1)
+    labels, count = ndimage.label(tissue)
+    if count:
+      sizes = ndimage.sum(tissue, labels, index=np.arange(1, count + 1))
+      masks[s] = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes))) & tissue
+  return masks
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """The shape every scan is brought to before the network: the paper's 256 x 256 x 40."""
+
+  height: int = 256
+  width: int = 256
+  num_frames: int = 40
+
+
+def preprocess_case(case: Case, geometry: Geometry = Geometry()) -> Case:
+  """Resamples a case to the geometry and ensures a brain mask; scan stays in HU.
+
+  Normalisation (:func:`normalise_hu`) is applied when the network's input is made, so the
+  returned case can still be compared and displayed in HU.
+  """
+  s, t, h, w = case.scan_hu.shape
+  scan = resample_inplane(case.scan_hu, geometry.height, geometry.width)
+  scan, times = resample_time(scan, case.frame_times_s, geometry.num_frames, axis=1)
+  maps = {k: resample_inplane(v, geometry.height, geometry.width) for k, v in case.maps.items()}
+  masks = {k: resample_inplane(v, geometry.height, geometry.width, order=0)
+           for k, v in case.masks.items()}
+  if "brain" not in masks:
+    masks["brain"] = estimate_brain_mask(scan)
+  dz, dy, dx = case.spacing_mm
+  return dataclasses.replace(
+      case, scan_hu=scan, frame_times_s=times, maps=maps, masks=masks,
+      spacing_mm=(dz, dy * h / geometry.height, dx * w / geometry.width),
+      aif_hu=None if case.aif_hu is None else np.interp(times, case.frame_times_s, case.aif_hu),
+      labels=None if case.labels is None else resample_inplane(case.labels, geometry.height,
+                                                               geometry.width, order=0),
+      params=dict(case.params, original_shape=(s, t, h, w)))
