@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Sequence
 
 import grain
@@ -34,6 +35,7 @@ import numpy as np
 
 from pkd_jax.data import nifti, phantom, preprocess, temporal
 from pkd_jax.data.case import TARGET_MAPS
+from pkd_jax.errors import InputError
 
 SPLIT_OFFSETS = {"train": 0, "validation": 1_000_000, "test": 2_000_000}
 
@@ -181,3 +183,30 @@ def make_iterator(dataset: grain.MapDataset, num_workers: int = 0,
 def scans_for_factor(batch: dict[str, Any], factors: Sequence[int], factor: int):
   """The batch's input at one temporal factor, shaped for the model: (B, L, h, w, 1)."""
   return batch["scans"][:, list(factors).index(factor), ..., None]
+
+
+SOURCES = ("phantom", "nifti")
+
+
+def make_source(data, split: str, seed: int):
+  """The slice source of one split from a data config (configs/base.py, ``config.data``).
+
+  Phantom: ``data.num_cases[split]`` cases of the split's index range. NIfTI: the cases in
+  ``data.root/<split>`` in ``data.layout``.
+  """
+  if data.source == "phantom":
+    config = phantom.PhantomConfig(**data.phantom)
+    return PhantomSlices(config, seed, split, data.num_cases[split], cache=data.cache)
+  if data.source == "nifti":
+    geometry = preprocess.Geometry(data.height, data.width, data.num_frames)
+    patterns = dict(data.patterns) or None
+    return NiftiSlices(os.path.join(data.root, split), data.layout, patterns, geometry)
+  raise InputError("config.data.source", f"unknown source {data.source!r}; valid: {SOURCES}")
+
+
+def make_dataset_from_config(data, split: str, seed: int) -> grain.MapDataset:
+  """make_dataset with the config's factors, patch and batch size; training order for 'train'."""
+  train = split == "train"
+  patch = PatchSpec(data.patch.height, data.patch.width, data.patch.num_frames)
+  return make_dataset(make_source(data, split, seed), factors=data.factors, patch=patch,
+                      batch_size=data.batch_size, seed=seed, train=train)
