@@ -372,17 +372,18 @@ def read_case(case_dir: os.PathLike | str, layout: str = "isles2018",
               params=params, source=str(case_dir))
 
 
-def count_slices(case_dir: os.PathLike | str, layout: str = "isles2018",
-                 patterns: Mapping[str, str] | None = None) -> int:
-  """The number of axial slices (Z) of a case's scan, from its header alone."""
+def scan_shape(case_dir: os.PathLike | str, layout: str = "isles2018",
+               patterns: Mapping[str, str] | None = None) -> tuple[pathlib.Path, tuple[int, ...]]:
+  """(path, (x, y, z, t)) of a case's 4D scan, from its header alone (no voxels read)."""
   resolved = resolve_patterns(layout, patterns)
   case_dir = _check_case_dir(case_dir)
   path = _find_role(case_dir, "scan", resolved["scan"], required=True)
-  shape = _load(path).shape
-  if len(shape) < 4:
-    raise InputError(path, f"is {len(shape)}D (shape {tuple(shape)}), expected a 4D scan "
-                     "(x, y, z, t)")
-  return int(shape[2])
+  shape = tuple(int(n) for n in _load(path).shape)
+  while len(shape) > 4 and shape[-1] == 1:
+    shape = shape[:-1]
+  if len(shape) != 4:
+    raise InputError(path, f"is {len(shape)}D (shape {shape}), expected a 4D scan (x, y, z, t)")
+  return path, shape
 
 
 def read_scan(path: os.PathLike | str, frame_interval_s: float | None = None,

@@ -25,8 +25,8 @@ Phantom splits are disjoint by construction: split s uses case indices SPLIT_OFF
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
 import os
 from typing import Any, Sequence
 
@@ -58,19 +58,27 @@ class PhantomSlices:
     self.config, self.seed, self.num_cases = config, seed, num_cases
     self.case_indices = [_split_offset(split) + i for i in range(num_cases)]
     self.geometry = preprocess.Geometry(config.height, config.width, config.num_frames)
-    self._params = functools.lru_cache(maxsize=64)(
-        lambda index: phantom.case_parameters(config, seed, index))
+    self._params: dict[int, dict[str, Any]] = {}  # case index -> case_parameters (small)
     self._cache: dict[int, dict[str, np.ndarray]] | None = {} if cache else None
+
+  def __getstate__(self):  # sent to grain's worker processes without what was generated
+    return dict(self.__dict__, _params={}, _cache=None if self._cache is None else {})
 
   def __len__(self) -> int:
     return self.num_cases * self.config.num_slices
+
+  def check_factors(self, factors: Sequence[int]) -> None:
+    for n in factors:
+      temporal.check_factor(n, self.config.num_frames, f"phantom frames ({n})")
 
   def __getitem__(self, record: int) -> dict[str, Any]:
     if self._cache is not None and record in self._cache:
       return self._cache[record]
     case_pos, slice_index = divmod(int(record), self.config.num_slices)
     index = self.case_indices[case_pos]
-    sl = phantom.generate_slice(self.config, self.seed, index, slice_index, self._params(index))
+    if index not in self._params:
+      self._params[index] = phantom.case_parameters(self.config, self.seed, index)
+    sl = phantom.generate_slice(self.config, self.seed, index, slice_index, self._params[index])
     out = _slice_record(sl["scan_hu"], {k: sl[k] for k in TARGET_MAPS}, sl["brain"], case_pos,
                         slice_index)
     if self._cache is not None:
@@ -88,15 +96,32 @@ class NiftiSlices:
                geometry: preprocess.Geometry = preprocess.Geometry(), max_cached_cases: int = 4):
     self.case_dirs = nifti.find_cases(root, layout, patterns)
     self.layout, self.patterns, self.geometry = layout, patterns, geometry
-    self._load = functools.lru_cache(maxsize=max_cached_cases)(self._load_uncached)
-    self.records = []
+    self.max_cached_cases = max_cached_cases
+    self._cases: collections.OrderedDict = collections.OrderedDict()  # position -> Case, LRU
+    self.records, self._scan_frames = [], []  # (case position, slice); (scan path, raw frames)
     for pos, case_dir in enumerate(self.case_dirs):
-      num_slices = nifti.count_slices(case_dir, layout, patterns)
+      path, (_, _, num_slices, num_frames) = nifti.scan_shape(case_dir, layout, patterns)
       self.records += [(pos, s) for s in range(num_slices)]
+      self._scan_frames.append((path, num_frames))
 
-  def _load_uncached(self, case_pos: int):
-    case = nifti.read_case(self.case_dirs[case_pos], self.layout, self.patterns, require_maps=True)
-    return preprocess.preprocess_case(case, self.geometry)
+  def check_factors(self, factors: Sequence[int]) -> None:
+    """Every scan, as acquired (before resampling), must keep two frames at every factor."""
+    for path, num_frames in self._scan_frames:
+      for n in factors:
+        temporal.check_factor(n, num_frames, str(path))
+
+  def __getstate__(self):  # sent to grain's worker processes without the loaded cases
+    return dict(self.__dict__, _cases=collections.OrderedDict())
+
+  def _load(self, case_pos: int):
+    if case_pos in self._cases:
+      self._cases.move_to_end(case_pos)
+    else:
+      case = nifti.read_case(self.case_dirs[case_pos], self.layout, self.patterns)
+      self._cases[case_pos] = preprocess.preprocess_case(case, self.geometry)
+      if len(self._cases) > self.max_cached_cases:
+        self._cases.popitem(last=False)
+    return self._cases[case_pos]
 
   def __len__(self) -> int:
     return len(self.records)
@@ -133,8 +158,6 @@ class CropAndDegrade(grain.transforms.RandomMap):
     t, h, w = scan.shape
     ph, pw, pt = (h, w, t) if self.patch is None else (self.patch.height, self.patch.width,
                                                       self.patch.num_frames)
-    if ph > h or pw > w or pt > t:
-      raise ValueError(f"patch {(ph, pw, pt)} larger than the slice {(h, w, t)}")
     if self.random_crop:
       t0, y0, x0 = (int(rng.integers(0, n - p + 1)) for n, p in ((t, pt), (h, ph), (w, pw)))
     else:
@@ -156,8 +179,11 @@ def make_dataset(source, *, factors: Sequence[int], patch: PatchSpec | None, bat
   train=False: one pass in order, centre crops (or whole slices with patch=None), the last
   partial batch kept.
   """
-  for n in factors:
-    temporal.check_factor(n, source.geometry.num_frames, f"factors ({n})")
+  source.check_factors(factors)
+  geometry = source.geometry
+  if patch is not None and (patch.height > geometry.height or patch.width > geometry.width or
+                            patch.num_frames > geometry.num_frames):
+    raise InputError("patch", f"{patch} does not fit in the preprocessed slices {geometry}")
   if len(source) == 0:
     raise ValueError("the data source has no slices")
   ds = grain.MapDataset.source(source)
