@@ -1,10 +1,14 @@
-"""Base configuration: the data layer (paper geometry). Role configs (teacher, student) build on it.
+"""Base configuration shared by every role: data, model, losses, optimiser, training loop.
 
-Usage from the command line: ``--config=configs/base.py``; any field can be overridden, e.g.
-``--config.data.batch_size=4``.
+Role configs (configs/teacher.py, ...) start from :func:`get_config` and select a scale with
+:func:`apply_scale`: "test" (seconds, for the test suite), "demo" (minutes on a laptop CPU) or
+"paper" (the paper's sizes and 80,000 iterations). Any field can be overridden on the command
+line, e.g. ``--config.train.steps=100``; a key that does not exist is an error.
 """
 
 import ml_collections
+
+SCALES = ("test", "demo", "paper")
 
 
 def get_data_config() -> ml_collections.ConfigDict:
@@ -31,22 +35,102 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.height = data.phantom.get_ref("height")
   data.width = data.phantom.get_ref("width")
   data.num_frames = data.phantom.get_ref("num_frames")
-  # Temporal factors present in every example (student and teachers see the same patch).
+  # Temporal factors present in every example (student and teachers see the same patch). Role
+  # configs set this to the factors the run needs.
   data.factors = (16, 8, 4, 2, 1)
-  # Training patch: the paper's random 128 x 128 x 32 crops.
+  # Training patch: the paper's random 128 x 128 x 32 crops; each side must divide by 16.
   data.patch = ml_collections.ConfigDict()
   data.patch.height = 128
   data.patch.width = 128
   data.patch.num_frames = 32
   data.batch_size = 2  # examples per batch
   data.num_workers = 0  # grain worker processes (0: prepare batches in the main process)
+  # Map ranges (the data source's units): maps are divided by these for SSIM and the perceptual
+  # loss, and metrics clip to them. Phantom: physiological ranges of its physical units (its Tmax
+  # stays below 18 s, CBV below 8 ml/100 g, CBF below 100 ml/100 g/min). For RAPID-scaled data
+  # such as ISLES 2018 use the paper's 24 / 200 / 1000.
+  data.map_ranges = ml_collections.ConfigDict(dict(tmax=20.0, cbv=8.0, cbf=100.0))
   return data
 
 
+def get_model_config() -> ml_collections.ConfigDict:
+  model = ml_collections.ConfigDict()
+  model.name = "vnet"  # a key of pkd_jax.models.MODELS
+  model.filters = 16  # F: encoder widths F, 2F, 4F, 8F, 16F (the authors' 16)
+  # Exact re-formulations that are faster where XLA's 3D convolutions are slow (CPU); the
+  # parameters are the same, so a checkpoint works with either choice.
+  model.down_impl = "conv"  # "conv" (lax strided conv) or "space_to_depth" (reshape + matmul)
+  model.up_impl = "conv_transpose"  # "conv_transpose" or "depth_to_space" (matmul + reshape)
+  model.conv_impl = "conv3d"  # "conv3d" or "conv2d_sum" (three 2D convs over temporal shifts)
+  model.dtype = "float32"  # computation dtype: "float32" or "bfloat16" (parameters stay float32)
+  return model
+
+
+def get_loss_config() -> ml_collections.ConfigDict:
+  loss = ml_collections.ConfigDict()
+  # L_map = w_mae * MAE + w_ssim * (1 - SSIM) + w_perceptual * Perceptual (the paper: all 1).
+  loss.mae = 1.0
+  loss.ssim = 1.0
+  loss.perceptual = 1.0
+  # Perceptual features: "" for a fixed seeded random VGG16 (Liu et al., CVPR 2021), or a .npz
+  # of torchvision's ImageNet VGG16 (python -m pkd_jax.models.vgg convert vgg16.pth vgg16.npz).
+  loss.perceptual_weights = ""
+  loss.perceptual_seed = 0  # seed of the random VGG16
+  return loss
+
+
+def get_train_config() -> ml_collections.ConfigDict:
+  train = ml_collections.ConfigDict()
+  train.factor = 1  # temporal factor of the model's input (1 = full resolution)
+  train.steps = 80_000  # optimiser steps (the paper's 80,000 iterations)
+  train.learning_rate = 1e-3  # Adam, decayed linearly to 0 over train.steps
+  train.b1 = 0.5  # Adam beta1 (the paper's 0.5)
+  train.b2 = 0.99  # Adam beta2 (the paper's 0.99)
+  train.log_every = 50  # steps between TensorBoard scalars
+  train.eval_every = 1000  # steps between validations; a checkpoint is written at each
+  train.eval_batches = 0  # validation batches per evaluation (0: the whole validation split)
+  train.keep_checkpoints = 3  # latest checkpoints kept (the best by validation loss is kept too)
+  return train
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg  # no variants yet
+  """The base config at the paper's scale; role configs lock it after choosing a variant."""
+  del arg
   config = ml_collections.ConfigDict()
-  config.seed = 0  # seeds the phantom, the shuffling and the crops
+  config.role = "teacher"  # what main.py runs: "teacher"
+  config.seed = 0  # seeds the phantom, the initialisation, the shuffling and the crops
   config.data = get_data_config()
-  config.lock()
+  config.model = get_model_config()
+  config.loss = get_loss_config()
+  config.train = get_train_config()
+  return config
+
+
+def apply_scale(config: ml_collections.ConfigDict, scale: str) -> ml_collections.ConfigDict:
+  """Sets sizes for a scale: "test" (seconds), "demo" (minutes on a CPU) or "paper"."""
+  if scale not in SCALES:
+    raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
+  data, model, train = config.data, config.model, config.train
+  if scale == "test":  # seconds; the perceptual term is off (tests/test_losses.py covers it)
+    data.phantom.height = data.phantom.width = 48
+    data.phantom.num_slices = 2
+    data.patch.height = data.patch.width = 32  # 16 would leave BatchNorm 2 values at the bottleneck
+    data.patch.num_frames = 16
+    data.num_cases.train, data.num_cases.validation, data.num_cases.test = 2, 1, 1
+    data.cache = True
+    model.filters = 4
+    config.loss.perceptual = 0.0
+    train.steps, train.eval_every, train.log_every = 6, 3, 1
+  elif scale == "demo":
+    data.phantom.height = data.phantom.width = 64
+    data.phantom.num_slices = 4
+    data.patch.height = data.patch.width = 64
+    data.patch.num_frames = 32
+    data.num_cases.train, data.num_cases.validation, data.num_cases.test = 12, 2, 4
+    data.cache = True
+    model.filters = 4
+    train.steps, train.eval_every, train.log_every = 300, 100, 10
+  if scale != "paper":  # the fast exact convolutions pay off on CPU, where small runs happen
+    model.down_impl, model.up_impl = "space_to_depth", "depth_to_space"
+    model.conv_impl = "conv2d_sum"
   return config

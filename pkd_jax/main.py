@@ -1,0 +1,71 @@
+"""Entry point: ``python -m pkd_jax.main --config=configs/teacher.py:8 --workdir=runs/teacher_x8``.
+
+Thin by design: parses the config (ml_collections config file with a config string; fields can
+be overridden, e.g. ``--config.train.steps=100``) and dispatches on ``config.role``. Errors in the
+user's input end with a one-line message and exit status 2.
+"""
+
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pkd_jax import train
+from pkd_jax.errors import InputError, exit_on_input_error
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/teacher.py:8",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, logs and results")
+flags.mark_flags_as_required(["config", "workdir"])
+
+ROLES = {"teacher": train.train_and_evaluate}
+
+
+@exit_on_input_error
+def run(config, workdir: str):
+  if config.role not in ROLES:
+    raise InputError("config.role", f"unknown role {config.role!r}; valid: {', '.join(ROLES)}")
+  logging.info("config:\n%s", config)
+  return ROLES[config.role](config, workdir)
+
+
+def enable_compilation_cache() -> None:
+  """Keeps compiled XLA programs on disk, so a re-run (or resume) skips most compilation.
+
+  The folder is $JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/pkd_jax/xla.
+  """
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.expanduser("~"), ".cache", "pkd_jax", "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with config errors reported in one line (exit 2) instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    last = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+    if isinstance(e, (AttributeError, KeyError)):  # an override of a field that does not exist
+      name = last.strip("\"'")
+      where = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and
+               a.split("=")[0].split(".")[-1] == name] or ["--config"]
+      message = f"{where[0]}: no such config field {name!r}"
+    else:
+      flag = next((a for a in argv[1:] if a.startswith("--config")), "--config")
+      message = last if last.startswith("flag --") else f"{flag}: {last}"
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  enable_compilation_cache()
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,159 @@
+"""Training: overfitting, a full "test" run, kill-and-resume, one compile across teachers, errors."""
+
+import functools
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import teacher as teacher_config
+from pkd_jax import train
+from pkd_jax.data import pipeline
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(arg="8,test", **overrides):
+  config = teacher_config.get_config(arg)
+  with config.unlocked():
+    for dotted, value in overrides.items():
+      *path, leaf = dotted.split("__")
+      node = config
+      for key in path:
+        node = node[key]
+      node[leaf] = value
+  return config
+
+
+def _one_batch(config):
+  dataset = pipeline.make_dataset_from_config(config.data, "train", config.seed)
+  return train.device_batch(next(pipeline.make_iterator(dataset)), config.data.factors,
+                            config.train.factor)
+
+
+def test_tiny_model_overfits_one_batch():
+  config = _config(train__steps=150, train__learning_rate=3e-3)
+  model, tx = train.make_model(config), train.make_optimizer(config)
+  state = train.init_state(config, model, tx, 0)
+  batch = _one_batch(config)
+  perceptual = train.make_perceptual(config)
+  step = functools.partial(train.train_step, model=model, tx=tx,
+                           loss_config=train.LossConfig.from_config(config))
+  losses = []
+  for _ in range(150):
+    state, metrics = step(state, batch, None, perceptual)
+    losses.append(float(metrics["loss"]))
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]) / 10, (losses[:5], losses[-5:])
+
+
+def test_test_run_trains_validates_checkpoints_and_logs(tmp_path):
+  result = train.train_and_evaluate(_config(loss__perceptual=1.0), str(tmp_path))
+  assert result["val_tmax/perceptual"] > 0  # the whole paper loss, perceptual term included
+  assert result["step"] == 6 and np.isfinite(result["val_loss"])
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [3, 6]
+  assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+  assert (tmp_path / "model.json").exists()
+  variables = train.load_variables(str(tmp_path), _config(loss__perceptual=1.0))
+  assert set(variables) == {"params", "batch_stats"}
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
+  args = ["--config=configs/teacher.py:8,test", "--config.train.steps=6",
+          "--config.train.eval_every=2"]
+  config = _config(train__steps=6, train__eval_every=2)
+  uninterrupted = tmp_path / "straight"
+  train.train_and_evaluate(config, str(uninterrupted))
+  resumed = tmp_path / "resumed"
+  command = [sys.executable, "-m", "pkd_jax.main", *args, f"--workdir={resumed}"]
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not (resumed / "checkpoints" / "2").exists():  # a checkpoint is committed by a rename
+    assert process.poll() is None, "the run ended before it could be killed"
+    assert time.time() < deadline
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+  assert finished.returncode == 0, finished.stderr[-2000:]
+  assert "resumed from step" in finished.stderr
+  for a, b in zip(_leaves(train.load_variables(str(uninterrupted), config, which="latest")),
+                  _leaves(train.load_variables(str(resumed), config, which="latest"))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_train_step_compiles_once_for_different_teachers():
+  config = _config()
+  model, tx = train.make_model(config), train.make_optimizer(config)
+  loss_config = train.LossConfig.from_config(config)
+  state = train.init_state(config, model, tx, 0)
+  teachers = []
+  for seed in (1, 2):
+    t = train.init_state(config, model, tx, seed)
+    teachers.append({"params": t.params, "batch_stats": t.batch_stats})
+  batch = _one_batch(config)
+  batch["teacher_x"] = batch["x"]
+  perceptual = train.make_perceptual(config)
+  before = train.train_step._cache_size()  # pylint: disable=protected-access
+  for teacher in teachers + teachers:
+    state, metrics = train.train_step(state, batch, teacher, perceptual, model=model, tx=tx,
+                                      loss_config=loss_config)
+    assert np.isfinite(float(metrics["kd"]))
+  assert train.train_step._cache_size() == before + 1  # pylint: disable=protected-access
+
+
+def _main(tmp_path, *args):
+  command = [sys.executable, "-m", "pkd_jax.main", f"--workdir={tmp_path / 'run'}", *args]
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=configs/teacher.py:8,test", "--config.train.nonexistent=1"],
+     "no such config field 'nonexistent'"),
+    (["--config=configs/teacher.py:3,test"], "temporal factor 3 is not one of"),
+    (["--config=configs/teacher.py:8,test", "--config.data.patch.height=24"],
+     "does not divide by 16"),
+    (["--config=configs/teacher.py:8,test", "--config.loss.perceptual_weights=/nope/vgg16.npz"],
+     "/nope/vgg16.npz"),
+    (["--config=configs/teacher.py:8,huge"], "unknown scale 'huge'"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, args, message):
+  result = _main(tmp_path, *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_workdir_of_another_architecture_is_a_clear_error(tmp_path):
+  train.train_and_evaluate(_config(train__steps=1, train__eval_every=1), str(tmp_path / "run"))
+  result = _main(tmp_path, "--config=configs/teacher.py:8,test", "--config.model.filters=8")
+  assert result.returncode == 2
+  assert "another model" in result.stderr and "filters 4 vs 8" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+  real_step, calls = train.train_step, []
+
+  def poisoned(state, batch, teacher, perceptual, **kwargs):
+    state, metrics = real_step(state, batch, teacher, perceptual, **kwargs)
+    calls.append(1)
+    if len(calls) == 5:
+      metrics = dict(metrics, loss=np.float32("nan"))
+    return state, metrics
+
+  monkeypatch.setattr(train, "train_step", poisoned)
+  with pytest.raises(train.TrainingStopped, match="non-finite loss.*step 5.*last good checkpoint is step 3"):
+    train.train_and_evaluate(_config(), str(tmp_path))
+  assert (tmp_path / "checkpoints" / "3").exists()
+  assert not (tmp_path / "checkpoints" / "6").exists()
