@@ -1,0 +1,137 @@
+"""Benchmark: the jitted train step at the "demo" and "paper" sizes, printed and written as JSON.
+
+    python benchmarks/train_step.py [--sizes demo,paper] [--steps 5] [--paper_steps 1] [--out FILE]
+
+For each size (configs/teacher.py:1,<size>): compile time, median step time over --steps steps
+(after one warm-up step), samples per second, the process's peak memory (peak RSS on CPU, the
+device's peak bytes in use on a GPU), the FLOPs of one step from XLA's cost analysis and the
+achieved fraction of the machine's peak FLOP rate. On CPU the peak is estimated as cores x clock x
+FLOPs per cycle per core (32 for AVX2 FMA in float32, 64 with AVX-512); on a GPU a table of
+known dense float32 peaks is used. Inputs are random arrays of the right shapes: the step alone is
+timed (benchmarks/phantom.py times the input pipeline).
+"""
+
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from configs import teacher
+from pkd_jax import models, train
+
+_SIZES = flags.DEFINE_list("sizes", ["demo", "paper"], "config scales to measure")
+_STEPS = flags.DEFINE_integer("steps", 5, "timed steps per size (after one warm-up step)")
+_PAPER_STEPS = flags.DEFINE_integer("paper_steps", 1, "timed steps at the paper size")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/train_step.json", "JSON output path")
+
+# Dense float32 peak FLOP/s of some GPUs (vendor data sheets, no tensor cores / TF32).
+GPU_PEAK_FP32 = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12, "V100": 15.7e12, "T4": 8.1e12,
+                 "L4": 30.3e12}
+
+
+def cpu_peak_flops() -> tuple[float, str]:
+  """An estimate of the CPU's float32 peak, from /proc/cpuinfo (Linux)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = f.read()
+  except OSError:
+    return float("nan"), "unknown (no /proc/cpuinfo)"
+  mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+  flags_line = next((line for line in info.splitlines() if line.startswith("flags")), "")
+  per_cycle = 64 if "avx512f" in flags_line else 32 if "fma" in flags_line else 8
+  cores = len(os.sched_getaffinity(0))
+  clock = max(mhz) * 1e6 if mhz else float("nan")
+  return cores * clock * per_cycle, f"{cores} cores x {clock / 1e9:.2f} GHz x {per_cycle} FLOP/cycle"
+
+
+def machine_peak() -> tuple[float, str]:
+  device = jax.devices()[0]
+  if device.platform == "gpu":
+    for name, peak in GPU_PEAK_FP32.items():
+      if name in device.device_kind:
+        return peak, f"{device.device_kind} dense fp32 data sheet"
+    return float("nan"), f"{device.device_kind}: unknown peak"
+  return cpu_peak_flops()
+
+
+def peak_memory_bytes() -> int:
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform == "gpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"])
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def measure(scale: str, steps: int) -> dict:
+  config = teacher.get_config(f"1,{scale}")
+  model, tx = train.make_model(config), train.make_optimizer(config)
+  loss_config = train.LossConfig.from_config(config)
+  perceptual = train.make_perceptual(config)
+  state = train.init_state(config, model, tx, 0)
+  p, b = config.data.patch, config.data.batch_size
+  rng = np.random.default_rng(0)
+  batch = {"x": rng.normal(size=(b, p.num_frames, p.height, p.width, 1)).astype(np.float32)}
+  for k, top in config.data.map_ranges.items():
+    batch[k] = rng.uniform(0, top, size=(b, p.height, p.width)).astype(np.float32)
+  step = functools.partial(train.train_step, model=model, tx=tx, loss_config=loss_config)
+  start = time.perf_counter()
+  compiled = train.train_step.lower(state, batch, None, perceptual, model=model, tx=tx,
+                                    loss_config=loss_config).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  state, metrics = step(state, batch, None, perceptual)  # warm-up
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step(state, batch, None, perceptual)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  peak, peak_source = machine_peak()
+  return {
+      "scale": scale, "batch": b, "patch_t_h_w": [p.num_frames, p.height, p.width],
+      "filters": config.model.filters,
+      "impls": [config.model.down_impl, config.model.up_impl, config.model.conv_impl],
+      "perceptual_weight": config.loss.perceptual,
+      "params": models.count_params(state.params),
+      "compile_s": round(compile_s, 2), "median_step_s": round(median, 4),
+      "timed_steps": steps, "samples_per_s": round(b / median, 3),
+      "peak_memory_gib": round(peak_memory_bytes() / 2**30, 2),
+      "gflops_per_step": round(flops / 1e9, 2),
+      "achieved_gflops_per_s": round(flops / median / 1e9, 2),
+      "machine_peak_gflops_per_s": round(peak / 1e9, 1), "machine_peak_source": peak_source,
+      "fraction_of_peak": round(flops / median / peak, 4),
+  }
+
+
+def main(argv):
+  del argv
+  results = {"benchmark": "train_step", "device": str(jax.devices()[0].device_kind),
+             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
+             "sizes": []}
+  for scale in _SIZES.value:
+    steps = _PAPER_STEPS.value if scale == "paper" else _STEPS.value
+    results["sizes"].append(measure(scale, steps))
+    print(json.dumps(results["sizes"][-1], indent=2), flush=True)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  tmp = _OUT.value + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, _OUT.value)
+  print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  jnp.zeros(())  # initialise the backend before timing anything
+  app.run(main)

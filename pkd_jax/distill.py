@@ -1,0 +1,158 @@
+"""Teacher schedules for knowledge distillation: none, kd, takd, mtkd, dgkd and pkd.
+
+Every strategy runs through one code path: the train step receives K teachers' variables stacked
+on a leading axis, their inputs (each at its own temporal factor, the same crop as the student's)
+and K weights (see :func:`active_teachers`, :func:`teacher_weights`); the KD loss combines the teachers either by averaging their targets ("targets":
+MTKD, and K = 1) or by a weighted mean of per-teacher KD losses ("losses": DGKD). What changes
+between strategies is only which teachers there are and how their weights evolve, decided here on
+the host:
+
+* ``none``: the student alone ("w/o PKD"), no teacher.
+* ``kd``: one full-resolution teacher throughout (Hinton et al. 2015).
+* ``takd``: a teacher assistant at 1/4, itself distilled from the full teacher, teaches the
+  student (Mirzadeh et al., AAAI 2020).
+* ``mtkd``: three full-resolution teachers of different seeds, their targets averaged.
+* ``dgkd``: teachers 1/8, 1/4, 1/2 and full all at once; each step a random ``dgkd_drop`` of them
+  is dropped (Son et al., ICCV 2021, "Densely guided knowledge distillation").
+* ``pkd``: the paper's progressive distillation: teachers 1/8 -> 1/4 -> 1/2 -> full, moving on when
+  the epoch-mean KD loss has not decreased (by more than ``min_delta``) for ``patience`` epochs,
+  or after ``max_epochs_per_stage`` epochs if set; after the last teacher, training goes on.
+
+Teachers are named by :class:`TeacherSpec` (factor, seed, and whether it is a distilled teacher
+assistant); the job (pkd_jax.job) finds or trains each one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from pkd_jax.errors import InputError
+
+STRATEGIES = ("none", "kd", "takd", "mtkd", "dgkd", "pkd")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+  """One teacher: its temporal factor, seed, and whether it is a teacher assistant (distilled)."""
+
+  factor: int
+  seed: int = 0
+  assistant: bool = False
+
+  @property
+  def name(self) -> str:
+    """Its folder name under the teachers' folder: x8, x1_seed2, ta_x4."""
+    name = f"ta_x{self.factor}" if self.assistant else f"x{self.factor}"
+    return name + (f"_seed{self.seed}" if self.seed else "")
+
+
+def teachers_for(strategy: str, student_factor: int, seeds: Sequence[int] = (0, 1, 2)
+                 ) -> list[TeacherSpec]:
+  """The teachers a strategy uses, in the order they are stacked (pkd: the order they teach)."""
+  if strategy not in STRATEGIES:
+    raise InputError("config.distill.strategy",
+                     f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
+  teachers = {
+      "none": [],
+      "kd": [TeacherSpec(1)],
+      "takd": [TeacherSpec(4, assistant=True)],
+      "mtkd": [TeacherSpec(1, seed=s) for s in seeds],
+      "dgkd": [TeacherSpec(f) for f in (8, 4, 2, 1)],
+      "pkd": [TeacherSpec(f) for f in (8, 4, 2, 1)],
+  }[strategy]
+  for teacher in teachers:
+    if teacher.factor >= student_factor:
+      raise InputError("config.train.factor",
+                       f"the student's temporal factor {student_factor} must be above its "
+                       f"teachers' ({teacher.name} has factor {teacher.factor})")
+  return teachers
+
+
+def combine_mode(strategy: str) -> str:
+  """How the KD loss combines several teachers: "targets" (averaged) or "losses" (weighted)."""
+  return "losses" if strategy == "dgkd" else "targets"
+
+
+@dataclasses.dataclass
+class PKDSchedule:
+  """The progressive teacher schedule, driven by epoch-mean KD losses; its state is JSON-able.
+
+  ``end_epoch`` advances to the next teacher when the KD loss has not decreased by more than
+  min_delta for `patience` consecutive epochs (or the stage reached max_epochs_per_stage epochs,
+  if that is set); the history records when each teacher took over and why.
+  """
+
+  num_stages: int
+  patience: int = 5
+  min_delta: float = 0.0
+  max_epochs_per_stage: int = 0  # 0: no cap
+  stage: int = 0
+  best: float = math.inf
+  epochs_without_improvement: int = 0
+  epochs_in_stage: int = 0
+  history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+  def __post_init__(self):
+    if self.patience < 1:
+      raise InputError("config.distill.patience", f"must be at least 1, got {self.patience}")
+    if not self.history:
+      self.history.append(dict(stage=0, step=0, epoch=0, reason="first teacher"))
+
+  def end_epoch(self, epoch: int, step: int, kd_loss: float) -> bool:
+    """Feeds one epoch's mean KD loss; returns True if the next teacher takes over now."""
+    self.epochs_in_stage += 1
+    if kd_loss < self.best - self.min_delta:
+      self.best, self.epochs_without_improvement = float(kd_loss), 0
+    else:
+      self.epochs_without_improvement += 1
+    if self.stage + 1 >= self.num_stages:
+      return False
+    if self.epochs_without_improvement >= self.patience:
+      reason = (f"KD loss did not decrease for {self.patience} epochs "
+                f"(best {self.best:.5g}, last {kd_loss:.5g})")
+    elif self.max_epochs_per_stage and self.epochs_in_stage >= self.max_epochs_per_stage:
+      reason = f"stage reached its cap of {self.max_epochs_per_stage} epochs"
+    else:
+      return False
+    self.stage += 1
+    self.best, self.epochs_without_improvement, self.epochs_in_stage = math.inf, 0, 0
+    self.history.append(dict(stage=self.stage, step=step, epoch=epoch, reason=reason))
+    return True
+
+  def state_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_state_dict(cls, state: dict[str, Any]) -> "PKDSchedule":
+    return cls(**state)
+
+
+def active_teachers(strategy: str, teachers: Sequence[TeacherSpec], stage: int) -> list[TeacherSpec]:
+  """The teachers stacked into the train step now: pkd's current one, else all of them.
+
+  PKD passes one teacher at a time, so a step costs one teacher forward pass whatever the stage,
+  and moving to the next teacher swaps variables of the same structure (no recompilation).
+  """
+  return [teachers[stage]] if strategy == "pkd" else list(teachers)
+
+
+def teacher_weights(strategy: str, num_teachers: int, step: int, seed: int,
+                    dgkd_drop: int) -> np.ndarray:
+  """(K,) float32 weights of the stacked teachers for one step, summing to 1.
+
+  dgkd: 1 / (number kept) for the teachers kept after dropping `dgkd_drop` of them at random,
+  reproducibly from (seed, step); 0 for the dropped. Others: 1 / K.
+  """
+  weights = np.full(num_teachers, 1.0 / max(num_teachers, 1), np.float32)
+  if strategy == "dgkd":
+    if not 0 <= dgkd_drop < num_teachers:
+      raise InputError("config.distill.dgkd_drop",
+                       f"must be in 0..{num_teachers - 1} for {num_teachers} teachers, got {dgkd_drop}")
+    kept = np.random.default_rng([seed, step]).permutation(num_teachers)[dgkd_drop:]
+    weights[:] = 0.0
+    weights[kept] = 1.0 / len(kept)
+  return weights
