@@ -28,6 +28,8 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pkd_jax.errors import InputError
@@ -156,3 +158,83 @@ def teacher_weights(strategy: str, num_teachers: int, step: int, seed: int,
     weights[:] = 0.0
     weights[kept] = 1.0 / len(kept)
   return weights
+
+
+class Teaching:
+  """Who teaches the student now: host-side state of a distillation run, saved in checkpoints.
+
+  Holds the teachers' (frozen) variables, the PKD schedule and the running sum of this epoch's KD
+  losses. The training loop asks it for the step's teachers (:meth:`teachers_arg`), reports each
+  step's KD loss (:meth:`record_step`) and ends epochs (:meth:`end_epoch`).
+  """
+
+  def __init__(self, strategy: str, teachers: Sequence[TeacherSpec],
+               variables: dict[str, Any], seed: int, patience: int = 5, min_delta: float = 0.0,
+               max_epochs_per_stage: int = 0, dgkd_drop: int = 1):
+    if strategy == "none" or not teachers:
+      raise InputError("config.distill.strategy", "Teaching needs a strategy with teachers")
+    missing = [t.name for t in teachers if t.name not in variables]
+    if missing:
+      raise InputError("teachers", f"no variables for {missing}")
+    self.strategy, self.teachers, self.seed, self.dgkd_drop = strategy, list(teachers), seed, dgkd_drop
+    self._variables = variables
+    self.schedule = PKDSchedule(len(teachers), patience, min_delta, max_epochs_per_stage)
+    self.epoch, self.epoch_kd_sum, self.epoch_kd_count = 0, 0.0, 0
+    self._stacked: tuple[int, Any] | None = None  # (stage, stacked variables on device)
+
+  @property
+  def stage(self) -> int:
+    return self.schedule.stage if self.strategy == "pkd" else 0
+
+  def active(self) -> list[TeacherSpec]:
+    return active_teachers(self.strategy, self.teachers, self.stage)
+
+  def factors(self) -> list[int]:
+    """The temporal factors of the teachers stacked now, in stacking order."""
+    return [t.factor for t in self.active()]
+
+  def describe(self) -> str:
+    return "+".join(t.name for t in self.active())
+
+  def teachers_arg(self, step: int) -> dict[str, Any]:
+    """The train step's teachers: variables stacked on a leading axis, and weights."""
+    if self._stacked is None or self._stacked[0] != self.stage:
+      chosen = [self._variables[t.name] for t in self.active()]
+      self._stacked = (self.stage, jax.tree.map(lambda *xs: jnp.stack(xs), *chosen))
+    weights = teacher_weights(self.strategy, len(self.active()), step, self.seed, self.dgkd_drop)
+    return {"variables": self._stacked[1], "weights": jnp.asarray(weights)}
+
+  def record_step(self, kd_loss: float) -> None:
+    self.epoch_kd_sum += float(kd_loss)
+    self.epoch_kd_count += 1
+
+  def end_epoch(self, step: int) -> dict[str, Any] | None:
+    """Closes an epoch; returns the schedule's new entry if the next teacher takes over."""
+    self.epoch += 1
+    mean = self.epoch_kd_sum / max(self.epoch_kd_count, 1)
+    self.epoch_kd_sum, self.epoch_kd_count = 0.0, 0
+    self.last_epoch_kd = mean
+    if self.strategy == "pkd" and self.schedule.end_epoch(self.epoch, step, mean):
+      entry = dict(self.schedule.history[-1], teacher=self.teachers[self.stage].name)
+      return entry
+    return None
+
+  def history(self) -> list[dict[str, Any]]:
+    """When each teacher took over, and why."""
+    if self.strategy != "pkd":
+      return [dict(stage=0, step=0, epoch=0, reason="all teachers throughout",
+                   teacher=self.describe())]
+    return [dict(h, teacher=self.teachers[h["stage"]].name) for h in self.schedule.history]
+
+  def state_dict(self) -> dict[str, Any]:
+    return dict(strategy=self.strategy, schedule=self.schedule.state_dict(), epoch=self.epoch,
+                epoch_kd_sum=self.epoch_kd_sum, epoch_kd_count=self.epoch_kd_count)
+
+  def load_state_dict(self, state: dict[str, Any]) -> None:
+    if state.get("strategy") != self.strategy:
+      raise InputError("checkpoint", f"was written by strategy {state.get('strategy')!r}, "
+                       f"not {self.strategy!r}")
+    self.schedule = PKDSchedule.from_state_dict(state["schedule"])
+    self.epoch, self.epoch_kd_sum = int(state["epoch"]), float(state["epoch_kd_sum"])
+    self.epoch_kd_count = int(state["epoch_kd_count"])
+    self._stacked = None

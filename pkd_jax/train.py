@@ -21,7 +21,7 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import flax
 import jax
@@ -34,7 +34,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 from tqdm import tqdm
 
-from pkd_jax import losses, models
+from pkd_jax import distill, losses, models
 from pkd_jax.data import pipeline, temporal
 from pkd_jax.data.case import TARGET_MAPS
 from pkd_jax.errors import InputError, TrainingStopped
@@ -59,13 +59,17 @@ class LossConfig:
   ranges: tuple[tuple[str, float], ...]  # (('tmax', 20.0), ...)
   lambda_kd: float = 1.0  # L_KD = |f_s - f_t| + lambda_kd * L_map(y_s, y_t)
   lambda_total: float = 1.0  # L_total = L_GT + lambda_total * L_KD
+  kd_combine: str = "targets"  # several teachers: average "targets", or weight their "losses"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LossConfig":
     weights = tuple((k, float(config.loss[k])) for k in ("mae", "ssim", "perceptual"))
     ranges = tuple((k, float(config.data.map_ranges[k])) for k in TARGET_MAPS)
-    return cls(weights, ranges, float(config.loss.get("lambda_kd", 1.0)),
-               float(config.loss.get("lambda_total", 1.0)))
+    distill_config = config.get("distill")
+    if distill_config is None:
+      return cls(weights, ranges)
+    return cls(weights, ranges, float(distill_config.lambda_kd),
+               float(distill_config.lambda_total), distill.combine_mode(distill_config.strategy))
 
 
 def make_model(config: ml_collections.ConfigDict):
@@ -135,19 +139,34 @@ def init_state(config, model, tx, seed: int) -> TrainState:
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
 
-def _loss_fn(params, batch_stats, batch, teacher, perceptual, *, model, loss_config: LossConfig):
+def _kd(feature, maps, teachers, teacher_x, perceptual, *, model, loss_config: LossConfig):
+  """L_KD against K stacked, frozen teachers (see pkd_jax.distill for the combinations)."""
+  apply = lambda variables, x: model.apply(variables, x, train=False)
+  teacher_maps, teacher_aux = jax.lax.stop_gradient(
+      jax.vmap(apply)(teachers["variables"], teacher_x))  # each (K, B, ...)
+  weights = teachers["weights"]  # (K,), summing to 1
+  ranges, term_weights = dict(loss_config.ranges), dict(loss_config.weights)
+  kd_loss = functools.partial(losses.kd_loss, ranges=ranges, weights=term_weights,
+                              perceptual=perceptual, lambda_kd=loss_config.lambda_kd)
+  average = lambda x: jnp.tensordot(weights, x.astype(jnp.float32), axes=1)
+  if loss_config.kd_combine == "targets":  # one loss against the averaged teacher
+    return kd_loss(feature, average(teacher_aux["bottleneck"]), maps,
+                   {k: average(v) for k, v in teacher_maps.items()})
+  per_teacher = jax.vmap(lambda f, m: kd_loss(feature, f, maps, m))(teacher_aux["bottleneck"],
+                                                                   teacher_maps)
+  return jax.tree.map(average, per_teacher)  # the weighted mean of per-teacher losses
+
+
+def _loss_fn(params, batch_stats, batch, teachers, perceptual, *, model, loss_config: LossConfig):
   """L_GT (+ lambda_total L_KD when a teacher is given) and the batch-norm statistics update."""
   (maps, aux), updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["x"],
                                      train=True, mutable=["batch_stats"])
   targets = {k: batch[k] for k in TARGET_MAPS}
   ranges, weights = dict(loss_config.ranges), dict(loss_config.weights)
   loss, metrics = losses.gt_loss(maps, targets, ranges, weights, perceptual)
-  if teacher is not None:
-    teacher_maps, teacher_aux = model.apply(teacher, batch["teacher_x"], train=False)
-    teacher_maps, teacher_aux = jax.lax.stop_gradient((teacher_maps, teacher_aux))
-    kd, kd_metrics = losses.kd_loss(aux["bottleneck"], teacher_aux["bottleneck"], maps,
-                                    teacher_maps, ranges, weights, perceptual,
-                                    lambda_kd=loss_config.lambda_kd)
+  if teachers is not None:
+    kd, kd_metrics = _kd(aux["bottleneck"], maps, teachers, batch["teacher_x"], perceptual,
+                         model=model, loss_config=loss_config)
     loss = loss + loss_config.lambda_total * kd
     metrics = {**metrics, **kd_metrics}
   metrics["loss"] = loss
@@ -155,11 +174,16 @@ def _loss_fn(params, batch_stats, batch, teacher, perceptual, *, model, loss_con
 
 
 @functools.partial(jax.jit, static_argnames=("model", "tx", "loss_config"), donate_argnums=0)
-def train_step(state: TrainState, batch, teacher, perceptual, *, model, tx,
+def train_step(state: TrainState, batch, teachers, perceptual, *, model, tx,
                loss_config: LossConfig):
-  """One optimiser step. teacher: None, or a frozen teacher's variables (any of same structure)."""
+  """One optimiser step.
+
+  teachers: None, or {"variables": K frozen teachers' variables stacked on a leading axis,
+  "weights": (K,)}, with batch["teacher_x"] (K, B, T, H, W, 1) their inputs. Other teachers of the
+  same structure (the next PKD stage, other DGKD weights) reuse the same compiled step.
+  """
   grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
-  (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, teacher,
+  (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, teachers,
                                                perceptual, model=model, loss_config=loss_config)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -184,11 +208,13 @@ def eval_step(state: TrainState, batch, perceptual, *, model, loss_config: LossC
 
 
 def device_batch(batch: dict[str, np.ndarray], factors, factor: int,
-                 teacher_factor: int | None = None) -> dict[str, np.ndarray]:
-  """The step's inputs from a pipeline batch: the model's factor as x (and the teacher's)."""
+                 teacher_factors: Sequence[int] = ()) -> dict[str, np.ndarray]:
+  """The step's inputs from a pipeline batch: x at the model's factor, and teacher_x
+  (K, B, T, H, W, 1) at the teachers' factors (the same crop) when there are teachers."""
   out = {"x": pipeline.scans_for_factor(batch, factors, factor)}
-  if teacher_factor is not None:
-    out["teacher_x"] = pipeline.scans_for_factor(batch, factors, teacher_factor)
+  if teacher_factors:
+    out["teacher_x"] = np.stack([pipeline.scans_for_factor(batch, factors, f)
+                                 for f in teacher_factors])
   out.update({k: batch[k] for k in TARGET_MAPS})
   return out
 
@@ -231,20 +257,24 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options, item_names=("state", "data"))
+                               options=options, item_names=("state", "data", "teaching"))
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: TrainState, data_iterator):
-  """Restores the latest checkpoint onto state's structure and the iterator; returns the state."""
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState, data_iterator,
+                   teaching: distill.Teaching | None = None):
+  """Restores the latest checkpoint onto state's structure, the iterator and the teaching."""
   step = manager.latest_step()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
+        teaching=ocp.args.JsonRestore()))
   except (ValueError, KeyError, TypeError) as e:
     raise InputError(manager.directory, f"cannot restore checkpoint {step} onto this model "
                      f"(another architecture?): {' '.join(str(e).split())[:300]}") from e
   data_iterator.set_state(restored["data"])
+  if teaching is not None:
+    teaching.load_state_dict(restored["teaching"])
   return restored["state"]
 
 
@@ -286,8 +316,21 @@ def evaluate(state, datasets_val, config, model, loss_config, perceptual) -> dic
   return _mean_metrics(jax.device_get(rows))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains config's model in workdir (resuming if it holds checkpoints); returns final metrics."""
+def _write_json(path: str, value) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       teaching: distill.Teaching | None = None) -> dict[str, float]:
+  """Trains config's model in workdir (resuming if it holds checkpoints); returns final metrics.
+
+  teaching: the teachers for a distilled (student) run, or None to train on the ground truth
+  alone. With teachers, the schedule (when each teacher took over, and why) is written to
+  workdir/schedule.json and to TensorBoard.
+  """
   from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
 
   check_config(config)
@@ -295,25 +338,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model, tx = make_model(config), make_optimizer(config)
   loss_config = LossConfig.from_config(config)
   perceptual = make_perceptual(config)
-  train_data = pipeline.make_dataset_from_config(config.data, "train", config.seed)
+  source = pipeline.make_source(config.data, "train", config.seed)
+  steps_per_epoch = max(1, len(source) // config.data.batch_size)  # an epoch: one pass over slices
+  train_data = pipeline.make_dataset_from_config(config.data, "train", config.seed, source=source)
   val_data = pipeline.make_dataset_from_config(config.data, "validation", config.seed)
   iterator = pipeline.make_iterator(train_data, num_workers=config.data.num_workers)
   state = init_state(config, model, tx, config.seed)
   manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
   if manager.latest_step() is not None:
-    state = restore_latest(manager, state, iterator)
+    state = restore_latest(manager, state, iterator, teaching)
     logging.info("resumed from step %d in %s", int(state.step), workdir)
   writer = SummaryWriter(os.path.join(workdir, "tb"))
   start_step, total = int(state.step), int(config.train.steps)
   factors, factor = config.data.factors, config.train.factor
   step_fn = functools.partial(train_step, model=model, tx=tx, loss_config=loss_config)
-  metrics, last_good, val = {}, manager.latest_step(), {}
+  last_good, val = manager.latest_step(), {}
+  name = f"1/{factor}" if factor > 1 else "full"
+  describe = lambda: (f"train {name}" if teaching is None else
+                      f"student {name} <- teacher {teaching.describe()}")
   bar = tqdm(range(start_step, total), initial=start_step, total=total, unit="step",
-             desc=f"train 1/{factor}" if factor > 1 else "train full", dynamic_ncols=True)
+             desc=describe(), dynamic_ncols=True)
   try:
     for step in bar:
-      batch = device_batch(next(iterator), factors, factor)
-      state, metrics = step_fn(state, batch, None, perceptual)
+      batch = next(iterator)
+      teachers = None
+      if teaching is not None:
+        batch = device_batch(batch, factors, factor, teaching.factors())
+        teachers = teaching.teachers_arg(step)
+      else:
+        batch = device_batch(batch, factors, factor)
+      state, metrics = step_fn(state, batch, teachers, perceptual)
       loss = float(metrics["loss"])
       if not np.isfinite(loss):
         raise TrainingStopped(
@@ -321,6 +375,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"step {last_good} in {manager.directory}" if last_good is not None else
             f"non-finite loss ({loss}) at step {step + 1}; stopped before any checkpoint")
       done = step + 1
+      if teaching is not None:
+        teaching.record_step(float(metrics["kd"]))
+        if done % steps_per_epoch == 0:
+          switch = teaching.end_epoch(done)
+          writer.add_scalar("distill/epoch_kd", teaching.last_epoch_kd, done)
+          writer.add_scalar("distill/stage", teaching.stage, done)
+          if switch is not None:
+            bar.set_description(describe())
+            bar.write(f"step {done}, epoch {switch['epoch']}: teacher {switch['teacher']} takes "
+                      f"over ({switch['reason']})")
+            writer.add_text("distill/schedule", json.dumps(switch), done)
+          _write_json(os.path.join(workdir, "schedule.json"), teaching.history())
       if done % config.train.log_every == 0 or done == total:
         bar.set_postfix(loss=f"{loss:.4f}")
         for k, v in jax.device_get(metrics).items():
@@ -331,7 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for k, v in val.items():
           writer.add_scalar(f"validation/{k}", v, done)
         manager.save(done, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(iterator.get_state())),
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(iterator.get_state()),
+            teaching=ocp.args.JsonSave(teaching.state_dict() if teaching else {})),
             metrics={"val_loss": val["loss"]})
         last_good = done
         bar.write(f"step {done}: validation loss {val['loss']:.4f}")
@@ -339,4 +406,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.wait_until_finished()
     writer.close()
     bar.close()
+  if teaching is not None:
+    _write_json(os.path.join(workdir, "schedule.json"), teaching.history())
   return {"step": int(state.step), **{f"val_{k}": v for k, v in val.items()}}

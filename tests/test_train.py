@@ -100,9 +100,11 @@ def test_train_step_compiles_once_for_different_teachers():
   teachers = []
   for seed in (1, 2):
     t = train.init_state(config, model, tx, seed)
-    teachers.append({"params": t.params, "batch_stats": t.batch_stats})
+    variables = {"params": t.params, "batch_stats": t.batch_stats}
+    teachers.append({"variables": jax.tree.map(lambda a: a[None], variables),
+                     "weights": np.ones(1, np.float32)})
   batch = _one_batch(config)
-  batch["teacher_x"] = batch["x"]
+  batch["teacher_x"] = batch["x"][None]
   perceptual = train.make_perceptual(config)
   before = train.train_step._cache_size()  # pylint: disable=protected-access
   for teacher in teachers + teachers:

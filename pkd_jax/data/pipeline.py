@@ -230,9 +230,13 @@ def make_source(data, split: str, seed: int):
   raise InputError("config.data.source", f"unknown source {data.source!r}; valid: {SOURCES}")
 
 
-def make_dataset_from_config(data, split: str, seed: int) -> grain.MapDataset:
-  """make_dataset with the config's factors, patch and batch size; training order for 'train'."""
+def make_dataset_from_config(data, split: str, seed: int, source=None) -> grain.MapDataset:
+  """make_dataset with the config's factors, patch and batch size; training order for 'train'.
+
+  source: the split's slice source if already made (else made here by make_source).
+  """
   train = split == "train"
   patch = PatchSpec(data.patch.height, data.patch.width, data.patch.num_frames)
-  return make_dataset(make_source(data, split, seed), factors=data.factors, patch=patch,
-                      batch_size=data.batch_size, seed=seed, train=train)
+  source = make_source(data, split, seed) if source is None else source
+  return make_dataset(source, factors=data.factors, patch=patch, batch_size=data.batch_size,
+                      seed=seed, train=train)
