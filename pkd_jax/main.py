@@ -1,4 +1,7 @@
-"""Entry point: ``python -m pkd_jax.main --config=configs/teacher.py:8 --workdir=runs/teacher_x8``.
+"""Entry point: ``python -m pkd_jax.main --config=configs/student.py:pkd,demo --workdir=runs/demo``.
+
+Roles: "student" (configs/student.py: the whole distillation job, pkd_jax.job) and "teacher"
+(configs/teacher.py: one teacher, pkd_jax.train).
 
 Thin by design: parses the config (ml_collections config file with a config string; fields can
 be overridden, e.g. ``--config.train.steps=100``) and dispatches on ``config.role``. Errors in the
@@ -12,7 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pkd_jax import train
+from pkd_jax import job, train
 from pkd_jax.errors import InputError, exit_on_input_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/teacher.py:8",
@@ -20,7 +23,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. con
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, logs and results")
 flags.mark_flags_as_required(["config", "workdir"])
 
-ROLES = {"teacher": train.train_and_evaluate}
+ROLES = {"teacher": train.train_and_evaluate, "student": job.run_student_job}
 
 
 @exit_on_input_error

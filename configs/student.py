@@ -1,0 +1,54 @@
+"""The 1/16 student and its distillation: the whole job in one command.
+
+Config string: ``configs/student.py:STRATEGY[,SCALE]`` with STRATEGY one of none (no
+distillation, the paper's "w/o PKD"), kd, takd, mtkd, dgkd, pkd (default) and SCALE one of test,
+demo, paper (default paper), e.g.
+
+    python -m pkd_jax.main --config=configs/student.py:pkd,demo --workdir=runs/demo
+
+finds (or trains) every teacher the strategy needs under WORKDIR/teachers/<name> (x8, x4, x2, x1;
+x1_seed1, x1_seed2 for mtkd; ta_x4 for takd) or in distill.teachers_dir, then trains the student
+in WORKDIR/student_<strategy>, evaluates it on the test split and writes WORKDIR/results_<strategy>.*.
+"""
+
+import ml_collections
+
+from configs import base
+
+STRATEGIES = ("none", "kd", "takd", "mtkd", "dgkd", "pkd")
+
+
+def get_config(arg: str | None = None):
+  parts = [p.strip() for p in (arg or "pkd").split(",") if p.strip()]
+  strategy = next((p for p in parts if p in STRATEGIES), None)
+  scales = [p for p in parts if p not in STRATEGIES]
+  if strategy is None or len(scales) > 1 or (scales and scales[0] not in base.SCALES):
+    raise ValueError(f"bad config string {arg!r}: expected STRATEGY[,SCALE] with STRATEGY in "
+                     f"{', '.join(STRATEGIES)} and SCALE in {', '.join(base.SCALES)}")
+  scale = scales[0] if scales else "paper"
+  config = base.apply_scale(base.get_config(), scale)
+  config.role = "student"
+  config.train.factor = 16  # the student sees 1/16 of the frames
+  config.data.factors = (16, 8, 4, 2, 1)  # every example carries the crop at each factor
+  d = config.distill = ml_collections.ConfigDict()
+  d.strategy = strategy  # see pkd_jax/distill.py
+  # L_KD = |f_s - f_t|_1 + lambda_kd * L_map(student maps, teacher maps);
+  # L_total = L_GT + lambda_total * L_KD. The paper gives no values; see the README for ours.
+  d.lambda_kd = 1.0
+  d.lambda_total = 1.0
+  # PKD: the next teacher takes over when the epoch-mean KD loss has not decreased by more than
+  # min_delta for `patience` epochs (the paper: 5), or after max_epochs_per_stage (0: no cap).
+  # An epoch is one pass over the training slices: (train cases x slices) // batch_size steps.
+  d.patience = 5
+  d.min_delta = 0.0
+  d.max_epochs_per_stage = 0
+  d.dgkd_drop = 1  # DGKD: teachers dropped at random each step (of 4)
+  d.mtkd_seeds = (0, 1, 2)  # MTKD: seeds of the three full-resolution teachers
+  d.teachers_dir = ""  # another folder to look for trained teachers in (before WORKDIR/teachers)
+  d.teacher_steps = 0  # optimiser steps of each teacher trained here (0: train.steps)
+  if scale == "test":
+    d.patience, d.max_epochs_per_stage = 1, 1
+  elif scale == "demo":
+    d.patience, d.max_epochs_per_stage = 2, 3
+  config.lock()
+  return config

@@ -1,0 +1,155 @@
+"""The one-command student job: teachers found or trained, the student distilled, evaluated, reported.
+
+Folder convention (WORKDIR is --workdir):
+
+    WORKDIR/teachers/<name>/      a teacher: x8, x4, x2, x1 (x1_seed1, x1_seed2 for MTKD), and
+                                  ta_x4, TAKD's teacher assistant (itself distilled from x1)
+    WORKDIR/student_<strategy>/   the student's checkpoints, TensorBoard logs, schedule.json
+    WORKDIR/results_<strategy>.md, .csv, .json, .png   the test-set table and figure
+
+A teacher is looked for first in ``config.distill.teachers_dir`` (if set), then in
+WORKDIR/teachers; one that is missing or unfinished is trained (or resumed) in WORKDIR/teachers.
+Everything already trained is reused, so re-running the command only does what is left. Every
+teacher found is checked against the configured architecture and factor before anything trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from pkd_jax import distill, evaluate, report, train
+from pkd_jax.distill import TeacherSpec
+
+
+def teacher_config(config: ml_collections.ConfigDict, spec: TeacherSpec) -> ml_collections.ConfigDict:
+  """The config of one teacher, derived from the student's (same data, model and loss settings).
+
+  A plain teacher trains on the ground truth at its factor; the teacher assistant is a student of
+  the full-resolution teacher (strategy kd) at its factor.
+  """
+  t = copy.deepcopy(config)
+  with t.unlocked():
+    t.train.factor = spec.factor
+    t.seed = config.seed + 1000 * spec.seed
+    if config.distill.teacher_steps:
+      t.train.steps = config.distill.teacher_steps
+    if spec.assistant:
+      t.distill.strategy = "kd"
+      t.data.factors = (spec.factor, 1)
+    else:
+      t.role = "teacher"
+      t.data.factors = (spec.factor,)
+      del t["distill"]
+  t.lock()
+  return t
+
+
+def _has_model(folder: str) -> bool:
+  return os.path.exists(os.path.join(folder, train.MODEL_SPEC_FILE))
+
+
+class Job:
+  """Plans, checks, trains and reports one strategy's student (see the module docstring)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.strategy = config.distill.strategy
+    self.specs = distill.teachers_for(self.strategy, config.train.factor, config.distill.mtkd_seeds)
+
+  def teacher_dir(self, spec: TeacherSpec) -> str:
+    """Where a teacher is: the user's teachers_dir if it has it, else WORKDIR/teachers/<name>."""
+    if self.config.distill.teachers_dir:
+      candidate = os.path.join(self.config.distill.teachers_dir, spec.name)
+      if _has_model(candidate):
+        return candidate
+    return os.path.join(self.workdir, "teachers", spec.name)
+
+  def all_teachers(self) -> list[TeacherSpec]:
+    """The strategy's teachers, with the teacher assistant's own teacher first."""
+    specs = []
+    for spec in self.specs:
+      if spec.assistant:
+        specs.append(TeacherSpec(1))
+      specs.append(spec)
+    return list(dict.fromkeys(specs))
+
+  def check(self) -> None:
+    """Clear errors before any training: a teacher of another architecture or factor."""
+    for spec in self.all_teachers():
+      folder = self.teacher_dir(spec)
+      cfg = teacher_config(self.config, spec)
+      train.check_config(cfg)
+      if _has_model(folder):
+        train.check_workdir_spec(folder, train.model_spec(cfg))
+    train.check_config(self.config)
+
+  def load_teachers(self, specs) -> dict[str, Any]:
+    return {s.name: train.load_variables(self.teacher_dir(s), teacher_config(self.config, s))
+            for s in specs}
+
+  def train_teachers(self) -> None:
+    for spec in self.all_teachers():
+      cfg, folder = teacher_config(self.config, spec), self.teacher_dir(spec)
+      logging.info("teacher %s in %s", spec.name, folder)
+      if spec.assistant:  # distilled from the full-resolution teacher
+        full = TeacherSpec(1)
+        teaching = distill.Teaching("kd", [full], self.load_teachers([full]), cfg.seed)
+        train.train_and_evaluate(cfg, folder, teaching)
+      else:
+        train.train_and_evaluate(cfg, folder)
+
+  def make_teaching(self) -> distill.Teaching | None:
+    if not self.specs:
+      return None
+    d = self.config.distill
+    return distill.Teaching(self.strategy, self.specs, self.load_teachers(self.specs),
+                            self.config.seed, patience=d.patience, min_delta=d.min_delta,
+                            max_epochs_per_stage=d.max_epochs_per_stage, dgkd_drop=d.dgkd_drop)
+
+  def student_dir(self) -> str:
+    return os.path.join(self.workdir, f"student_{self.strategy}")
+
+  def report(self) -> dict[str, str]:
+    """Scores the student and its teachers on the test split; writes the table and figure."""
+    rows, predictions, truth = [], {}, None
+    entries = [(f"student ({self.strategy})", self.config, self.student_dir())]
+    entries += [(f"teacher {s.name}", teacher_config(self.config, s), self.teacher_dir(s))
+                for s in self.specs]
+    for name, cfg, folder in entries:
+      model = train.make_model(cfg)
+      variables = train.load_variables(folder, cfg)
+      result = evaluate.evaluate_variables(cfg, model, variables, cfg.train.factor)
+      rows.append(dict(method=name, factor=cfg.train.factor, per_case=result["per_case"]))
+      predictions[f"{name}, 1/{cfg.train.factor}"] = result["example"]["prediction"]
+      truth = result["example"]["truth"]
+    ranges = dict(self.config.data.map_ranges)
+    markdown, csv_text = report.results_table(rows, ranges)
+    stem = os.path.join(self.workdir, f"results_{self.strategy}")
+    report.write_text_atomic(stem + ".md", markdown)
+    report.write_text_atomic(stem + ".csv", csv_text)
+    summary = [dict(method=r["method"], factor=r["factor"],
+                    per_case={k: {m: [float(x) for x in v] for m, v in r["per_case"][k].items()}
+                              for k in r["per_case"]}) for r in rows]
+    schedule_path = os.path.join(self.student_dir(), "schedule.json")
+    schedule = json.load(open(schedule_path)) if os.path.exists(schedule_path) else []
+    report.write_text_atomic(stem + ".json", json.dumps(
+        dict(strategy=self.strategy, map_ranges=ranges, rows=summary, schedule=schedule), indent=2))
+    report.comparison_figure(truth, predictions, ranges, stem + ".png",
+                             title=f"test slice: student ({self.strategy}) and its teachers")
+    print(markdown)
+    return {"table": stem + ".md", "figure": stem + ".png"}
+
+
+def run_student_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  """Finds or trains the teachers, trains the student, evaluates it and writes its results."""
+  job = Job(config, workdir)
+  job.check()
+  job.train_teachers()
+  train.train_and_evaluate(config, job.student_dir(), job.make_teaching())
+  return job.report()
