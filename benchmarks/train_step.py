@@ -5,7 +5,8 @@
 For each size (configs/teacher.py:1,<size>): compile time, median step time over --steps steps
 (after one warm-up step), samples per second, the process's peak memory (peak RSS on CPU, the
 device's peak bytes in use on a GPU), the FLOPs of one step from XLA's cost analysis and the
-achieved fraction of the machine's peak FLOP rate. On CPU the peak is estimated as cores x clock x
+achieved fraction of the machine's peak FLOP rate; at --student_sizes also the PKD student's step
+(one frozen teacher's forward pass more) over the teacher's step, timed in the same run. On CPU the peak is estimated as cores x clock x
 FLOPs per cycle per core (32 for AVX2 FMA in float32, 64 with AVX-512); on a GPU a table of
 known dense float32 peaks is used. Inputs are random arrays of the right shapes: the step alone is
 timed (benchmarks/phantom.py times the input pipeline).
@@ -30,6 +31,8 @@ from pkd_jax import models, train
 _SIZES = flags.DEFINE_list("sizes", ["demo", "paper"], "config scales to measure")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps per size (after one warm-up step)")
 _PAPER_STEPS = flags.DEFINE_integer("paper_steps", 1, "timed steps at the paper size")
+_STUDENT_SIZES = flags.DEFINE_list("student_sizes", ["demo"],
+                                   "sizes at which to time a PKD student's step too")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/train_step.json", "JSON output path")
 
 # Dense float32 peak FLOP/s of some GPUs (vendor data sheets, no tensor cores / TF32).
@@ -70,12 +73,26 @@ def peak_memory_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def time_steps(step, state, batch, teachers, perceptual, steps: int) -> float:
+  """Median seconds of `steps` calls of a jitted train step, after one warm-up call."""
+  state, metrics = step(state, batch, teachers, perceptual)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step(state, batch, teachers, perceptual)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def measure(scale: str, steps: int) -> dict:
   config = teacher.get_config(f"1,{scale}")
   model, tx = train.make_model(config), train.make_optimizer(config)
   loss_config = train.LossConfig.from_config(config)
   perceptual = train.make_perceptual(config)
   state = train.init_state(config, model, tx, 0)
+  num_params = models.count_params(state.params)
   p, b = config.data.patch, config.data.batch_size
   rng = np.random.default_rng(0)
   batch = {"x": rng.normal(size=(b, p.num_frames, p.height, p.width, 1)).astype(np.float32)}
@@ -89,22 +106,28 @@ def measure(scale: str, steps: int) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  state, metrics = step(state, batch, None, perceptual)  # warm-up
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = step(state, batch, None, perceptual)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  median = statistics.median(times)
+  median = time_steps(step, state, batch, None, perceptual, steps)
   peak, peak_source = machine_peak()
+  student = {}
+  if scale in _STUDENT_SIZES.value:
+    # A PKD student's step: the same network plus one frozen teacher's forward pass.
+    teacher_state = train.init_state(config, model, tx, 2)  # `state` was donated to the steps
+    teacher_vars = {"params": teacher_state.params, "batch_stats": teacher_state.batch_stats}
+    teachers = {"variables": jax.tree.map(lambda a: jnp.stack([a]), teacher_vars),
+                "weights": jnp.ones((1,), jnp.float32)}
+    student_batch = dict(batch, teacher_x=batch["x"][None])
+    student_config = train.LossConfig(loss_config.weights, loss_config.ranges)
+    student_state = train.init_state(config, model, tx, 1)
+    kd_step = functools.partial(train.train_step, model=model, tx=tx, loss_config=student_config)
+    student_median = time_steps(kd_step, student_state, student_batch, teachers, perceptual, steps)
+    student = {"pkd_student_median_step_s": round(student_median, 4),
+               "pkd_student_over_teacher_step": round(student_median / median, 3)}
   return {
       "scale": scale, "batch": b, "patch_t_h_w": [p.num_frames, p.height, p.width],
       "filters": config.model.filters,
       "impls": [config.model.down_impl, config.model.up_impl, config.model.conv_impl],
       "perceptual_weight": config.loss.perceptual,
-      "params": models.count_params(state.params),
+      "params": num_params,
       "compile_s": round(compile_s, 2), "median_step_s": round(median, 4),
       "timed_steps": steps, "samples_per_s": round(b / median, 3),
       "peak_memory_gib": round(peak_memory_bytes() / 2**30, 2),
@@ -112,6 +135,7 @@ def measure(scale: str, steps: int) -> dict:
       "achieved_gflops_per_s": round(flops / median / 1e9, 2),
       "machine_peak_gflops_per_s": round(peak / 1e9, 1), "machine_peak_source": peak_source,
       "fraction_of_peak": round(flops / median / peak, 4),
+      **student,
   }
 
 

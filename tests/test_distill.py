@@ -15,20 +15,13 @@ from configs import student as student_config
 from pkd_jax import distill, job, losses, train
 from pkd_jax.data import pipeline, temporal
 from pkd_jax.errors import InputError
+from tests.helpers import config_with
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(arg="pkd,test", **overrides):
-  config = student_config.get_config(arg)
-  with config.unlocked():
-    for dotted, value in overrides.items():
-      *path, leaf = dotted.split("__")
-      node = config
-      for key in path:
-        node = node[key]
-      node[leaf] = value
-  return config
+  return config_with(student_config.get_config, arg, **overrides)
 
 
 def test_schedule_advances_exactly_after_patience_epochs_without_decrease():
@@ -102,7 +95,7 @@ def test_mtkd_averages_targets_and_dgkd_weights_losses(combine):
   loss_config = train.LossConfig(loss_config.weights, loss_config.ranges, 0.7, 1.0, combine)
   student = variables[1]
   maps, aux = model.apply(student, batch["x"], train=False)
-  kd, _ = train._kd(aux["bottleneck"], maps, {"variables": stacked, "weights": weights},  # pylint: disable=protected-access
+  kd, metrics = train._kd(aux["bottleneck"], maps, {"variables": stacked, "weights": weights},  # pylint: disable=protected-access
                     batch["teacher_x"], None, model=model, loss_config=loss_config)
   outputs = [model.apply(v, x, train=False) for v, x in zip(variables.values(), batch["teacher_x"])]
   kd_loss = functools.partial(losses.kd_loss, ranges=dict(loss_config.ranges),
@@ -114,7 +107,8 @@ def test_mtkd_averages_targets_and_dgkd_weights_losses(combine):
   else:  # DGKD: the weighted mean of per-teacher losses; the dropped teacher counts for nothing
     expected = sum(w * kd_loss(aux["bottleneck"], o[1]["bottleneck"], maps, o[0])[0]
                    for w, o in zip(weights, outputs))
-  np.testing.assert_allclose(float(kd["kd"]), float(expected), rtol=1e-5)
+  np.testing.assert_allclose(float(kd), float(expected), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["kd"]), float(kd), rtol=1e-6)
 
 
 def test_teacher_gets_the_same_crop_at_its_own_factor():

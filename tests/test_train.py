@@ -15,20 +15,13 @@ import pytest
 from configs import teacher as teacher_config
 from pkd_jax import train
 from pkd_jax.data import pipeline
+from tests.helpers import config_with
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(arg="8,test", **overrides):
-  config = teacher_config.get_config(arg)
-  with config.unlocked():
-    for dotted, value in overrides.items():
-      *path, leaf = dotted.split("__")
-      node = config
-      for key in path:
-        node = node[key]
-      node[leaf] = value
-  return config
+  return config_with(teacher_config.get_config, arg, **overrides)
 
 
 def _one_batch(config):
