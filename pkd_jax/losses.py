@@ -92,6 +92,28 @@ def perceptual_loss(vgg: PerceptualNet, pred: jax.Array, target: jax.Array,
   return total
 
 
+def perceptual_features(vgg: PerceptualNet, maps: Mapping[str, jax.Array]
+                        ) -> dict[str, dict[str, jax.Array]]:
+  """VGG features of several (B, H, W) maps in [0, 1], in one pass: {map: {layer: features}}.
+
+  Computing the student's features once and passing them to :func:`gt_loss` and :func:`kd_loss`
+  saves a VGG pass (and its backward pass) per step when a teacher is present.
+  """
+  keys = list(maps)
+  images = jnp.concatenate([jnp.asarray(maps[k], jnp.float32) for k in keys])
+  features = vgg.features(jnp.repeat(images[..., None], 3, axis=-1))
+  batch = maps[keys[0]].shape[0]
+  return {k: {name: f[i * batch:(i + 1) * batch] for name, f in features.items()}
+          for i, k in enumerate(keys)}
+
+
+def feature_distance(pred_features: Mapping[str, jax.Array], target_features: Mapping[str, jax.Array],
+                     layers: Sequence[str] = FEATURE_LAYERS) -> jax.Array:
+  """sum over layers of mean((phi(pred) - phi(target))^2), the target's features held constant."""
+  return sum(jnp.mean(jnp.square(pred_features[n] - jax.lax.stop_gradient(target_features[n])))
+             for n in layers)
+
+
 def _is_zero(weight) -> bool:
   """True for a weight known at trace time to be 0 (a Python or concrete number)."""
   try:
@@ -109,7 +131,8 @@ def _check_weights(weights: Mapping[str, float]) -> None:
 
 
 def map_loss(pred: jax.Array, target: jax.Array, data_range: float,
-             weights: Mapping[str, float], perceptual: PerceptualNet | None
+             weights: Mapping[str, float], perceptual: PerceptualNet | None,
+             features: tuple[Mapping[str, jax.Array], Mapping[str, jax.Array]] | None = None
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L_map of one map type: w_mae * MAE + w_ssim * (1 - SSIM) + w_perc * Perceptual.
 
@@ -121,6 +144,8 @@ def map_loss(pred: jax.Array, target: jax.Array, data_range: float,
     weights: {'mae': w, 'ssim': w, 'perceptual': w}. A perceptual weight of (Python) 0 skips the
       VGG computation.
     perceptual: the VGG feature net, or None when the perceptual weight is 0.
+    features: optional precomputed VGG features (of pred / data_range, of the clipped scaled
+      target), from :func:`perceptual_features`; then the VGG is not run here.
 
   Returns:
     (loss, terms), terms = {'mae': MAE, 'ssim': SSIM index (higher is better; the loss uses
@@ -139,14 +164,25 @@ def map_loss(pred: jax.Array, target: jax.Array, data_range: float,
     if perceptual is None:
       raise ValueError("map_loss: the perceptual weight is nonzero but no perceptual network "
                        "(PerceptualNet) was given")
-    terms["perceptual"] = perceptual_loss(perceptual, p, t)
+    if features is None:
+      terms["perceptual"] = perceptual_loss(perceptual, p, t)
+    else:
+      terms["perceptual"] = feature_distance(*features)
     loss = loss + weights["perceptual"] * terms["perceptual"]
   return loss, terms
 
 
+def scale_maps(maps: Mapping[str, jax.Array], ranges: Mapping[str, float],
+               clip: bool = False) -> dict[str, jax.Array]:
+  """The three maps divided by their ranges (targets also clipped to [0, 1])."""
+  scaled = {k: jnp.asarray(maps[k], jnp.float32) / ranges[k] for k in MAP_KEYS}
+  return {k: jnp.clip(v, 0.0, 1.0) for k, v in scaled.items()} if clip else scaled
+
+
 def gt_loss(preds: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
             ranges: Mapping[str, float], weights: Mapping[str, float],
-            perceptual: PerceptualNet | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+            perceptual: PerceptualNet | None, pred_features=None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L_GT = L_Tmax + L_CBV + L_CBF (each a :func:`map_loss` with that map's range).
 
   Args:
@@ -154,6 +190,9 @@ def gt_loss(preds: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
       ignored).
     ranges: {'tmax', 'cbv', 'cbf'} -> range maximum in physical units.
     weights, perceptual: as in :func:`map_loss`, shared by the three maps.
+    pred_features: the predictions' VGG features, perceptual_features(vgg, scale_maps(preds,
+      ranges)), if already computed. With a perceptual term, the VGG runs once for the three
+      target maps (and once for the predictions unless given).
 
   Returns:
     (loss, metrics), metrics = {'<map>/mae', '<map>/ssim', '<map>/perceptual', '<map>/loss' for
@@ -163,10 +202,18 @@ def gt_loss(preds: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
     missing = [k for k in MAP_KEYS if k not in mapping]
     if missing:
       raise KeyError(f"gt_loss: {what} lacks maps {missing}; needs {MAP_KEYS}")
+  features = {k: None for k in MAP_KEYS}
+  if not _is_zero(weights["perceptual"]) and perceptual is not None:
+    if pred_features is None:
+      pred_features = perceptual_features(perceptual, scale_maps(preds, ranges))
+    target_features = perceptual_features(
+        perceptual, jax.lax.stop_gradient(scale_maps(targets, ranges, clip=True)))
+    features = {k: (pred_features[k], target_features[k]) for k in MAP_KEYS}
   total = jnp.zeros((), jnp.float32)
   metrics = {}
   for key in MAP_KEYS:
-    loss, terms = map_loss(preds[key], targets[key], ranges[key], weights, perceptual)
+    loss, terms = map_loss(preds[key], targets[key], ranges[key], weights, perceptual,
+                           features[key])
     total = total + loss
     for name, value in terms.items():
       metrics[f"{key}/{name}"] = value
@@ -178,18 +225,20 @@ def gt_loss(preds: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
 def kd_loss(student_feature: jax.Array, teacher_feature: jax.Array,
             student_maps: Mapping[str, jax.Array], teacher_maps: Mapping[str, jax.Array],
             ranges: Mapping[str, float], weights: Mapping[str, float],
-            perceptual: PerceptualNet | None, lambda_kd: float) -> tuple[jax.Array, dict]:
+            perceptual: PerceptualNet | None, lambda_kd: float,
+            student_features=None) -> tuple[jax.Array, dict]:
   """L_KD = mean |f_s - f_t| + lambda_kd * L_map(y_s, y_t), the paper's distillation loss.
 
   f are the bottleneck features, y the maps; the teacher's maps are soft targets, scored with the
   same L_map as the ground truth (summed over the three maps, like L_GT). Pass the teacher's
-  outputs through jax.lax.stop_gradient: the teacher is frozen.
+  outputs through jax.lax.stop_gradient: the teacher is frozen. student_features: as
+  pred_features of :func:`gt_loss`.
 
   Returns:
     (loss, metrics) with metrics {'kd/feature', 'kd/maps', 'kd'}.
   """
   feature = jnp.mean(jnp.abs(student_feature.astype(jnp.float32) -
                              teacher_feature.astype(jnp.float32)))
-  soft, _ = gt_loss(student_maps, teacher_maps, ranges, weights, perceptual)
+  soft, _ = gt_loss(student_maps, teacher_maps, ranges, weights, perceptual, student_features)
   loss = feature + lambda_kd * soft
   return loss, {"kd/feature": feature, "kd/maps": soft, "kd": loss}

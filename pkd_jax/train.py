@@ -139,7 +139,8 @@ def init_state(config, model, tx, seed: int) -> TrainState:
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
 
-def _kd(feature, maps, teachers, teacher_x, perceptual, *, model, loss_config: LossConfig):
+def _kd(feature, maps, teachers, teacher_x, perceptual, student_features=None, *, model,
+        loss_config: LossConfig):
   """L_KD against K stacked, frozen teachers (see pkd_jax.distill for the combinations)."""
   apply = lambda variables, x: model.apply(variables, x, train=False)
   teacher_maps, teacher_aux = jax.lax.stop_gradient(
@@ -147,7 +148,8 @@ def _kd(feature, maps, teachers, teacher_x, perceptual, *, model, loss_config: L
   weights = teachers["weights"]  # (K,), summing to 1
   ranges, term_weights = dict(loss_config.ranges), dict(loss_config.weights)
   kd_loss = functools.partial(losses.kd_loss, ranges=ranges, weights=term_weights,
-                              perceptual=perceptual, lambda_kd=loss_config.lambda_kd)
+                              perceptual=perceptual, lambda_kd=loss_config.lambda_kd,
+                              student_features=student_features)
   average = lambda x: jnp.tensordot(weights, x.astype(jnp.float32), axes=1)
   if loss_config.kd_combine == "targets":  # one loss against the averaged teacher
     return kd_loss(feature, average(teacher_aux["bottleneck"]), maps,
@@ -163,10 +165,13 @@ def _loss_fn(params, batch_stats, batch, teachers, perceptual, *, model, loss_co
                                      train=True, mutable=["batch_stats"])
   targets = {k: batch[k] for k in TARGET_MAPS}
   ranges, weights = dict(loss_config.ranges), dict(loss_config.weights)
-  loss, metrics = losses.gt_loss(maps, targets, ranges, weights, perceptual)
+  features = None  # the student's VGG features, computed once for L_GT and L_KD
+  if perceptual is not None and weights["perceptual"]:
+    features = losses.perceptual_features(perceptual, losses.scale_maps(maps, ranges))
+  loss, metrics = losses.gt_loss(maps, targets, ranges, weights, perceptual, features)
   if teachers is not None:
     kd, kd_metrics = _kd(aux["bottleneck"], maps, teachers, batch["teacher_x"], perceptual,
-                         model=model, loss_config=loss_config)
+                         features, model=model, loss_config=loss_config)
     loss = loss + loss_config.lambda_total * kd
     metrics = {**metrics, **kd_metrics}
   metrics["loss"] = loss

@@ -287,3 +287,18 @@ def test_gt_loss_jits_and_differentiates_without_vgg():
   assert np.isfinite(float(loss)) and float(metrics["gt"]) == pytest.approx(float(loss))
   for k in ranges:
     assert np.all(np.isfinite(grads[k])) and float(jnp.abs(grads[k]).max()) > 0.0
+
+
+def test_gt_loss_one_vgg_pass_matches_per_map_perceptual(vgg0):
+  rng = np.random.default_rng(4)
+  ranges = {"tmax": 20.0, "cbv": 8.0, "cbf": 100.0}
+  preds = {k: jnp.asarray(rng.uniform(0, 1.2 * r, (2, 16, 16)), jnp.float32) for k, r in ranges.items()}
+  targets = {k: jnp.asarray(rng.uniform(0, r, (2, 16, 16)), jnp.float32) for k, r in ranges.items()}
+  weights = {"mae": 1.0, "ssim": 1.0, "perceptual": 1.0}
+  loss, metrics = losses.gt_loss(preds, targets, ranges, weights, vgg0)
+  for k, r in ranges.items():
+    separate = losses.perceptual_loss(vgg0, preds[k] / r, jnp.clip(targets[k] / r, 0, 1))
+    np.testing.assert_allclose(float(metrics[f"{k}/perceptual"]), float(separate), rtol=1e-4)
+  given = losses.perceptual_features(vgg0, losses.scale_maps(preds, ranges))
+  again, _ = losses.gt_loss(preds, targets, ranges, weights, vgg0, pred_features=given)
+  np.testing.assert_allclose(float(again), float(loss), rtol=1e-6)
