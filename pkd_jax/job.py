@@ -137,7 +137,10 @@ class Job:
                     per_case={k: {m: [float(x) for x in v] for m, v in r["per_case"][k].items()}
                               for k in r["per_case"]}) for r in rows]
     schedule_path = os.path.join(self.student_dir(), "schedule.json")
-    schedule = json.load(open(schedule_path)) if os.path.exists(schedule_path) else []
+    schedule = []
+    if os.path.exists(schedule_path):
+      with open(schedule_path) as f:
+        schedule = json.load(f)
     report.write_text_atomic(stem + ".json", json.dumps(
         dict(strategy=self.strategy, map_ranges=ranges, rows=summary, schedule=schedule), indent=2))
     report.comparison_figure(truth, predictions, ranges, stem + ".png",

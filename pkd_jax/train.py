@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import json
 import os
-import time
 from typing import Any, Sequence
 
 import flax

@@ -1,7 +1,6 @@
 """Training: overfitting, a full "test" run, kill-and-resume, one compile across teachers, errors."""
 
 import functools
-import os
 import pathlib
 import signal
 import subprocess
