@@ -15,18 +15,22 @@ case. Per-case values are kept, so that methods can be compared case by case.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from scipy import stats
 
 from pkd_jax import losses
 from pkd_jax.data import pipeline, temporal
 from pkd_jax.data.case import TARGET_MAPS
 
-METRICS = ("rmse", "ssim", "psnr")
+METRICS = ("rmse", "ssim", "psnr")  # the paper's, over the whole slice
+BRAIN_METRICS = ("mae", "pearson", "spearman")  # inside the brain mask
+TMAX_THRESHOLD_S = 6.0  # RAPID's hypoperfusion volume: Tmax > 6 s
+CBF_FRACTION = 0.3  # RAPID's core: CBF below 30% of the healthy (contralateral) hemisphere's
 
 
 def slice_input(scan: np.ndarray, factor: int, num_frames: int) -> np.ndarray:
@@ -64,25 +68,93 @@ def slice_metrics(pred: np.ndarray, target: np.ndarray, data_range: float) -> di
   return {"rmse": np.sqrt(mse), "ssim": ssim, "psnr": psnr}
 
 
-def evaluate_variables(config: ml_collections.ConfigDict, model, variables, factor: int,
-                       split: str = "test", batch_size: int = 4) -> dict[str, Any]:
-  """Scores a model on every slice of a split, at a temporal factor.
+def brain_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+  """MAE (map units) and Pearson / Spearman correlation over the voxels of a mask (any shape)."""
+  p, t = pred[mask.astype(bool)], target[mask.astype(bool)]
+  if p.size < 3 or np.std(p) == 0 or np.std(t) == 0:
+    return {"mae": float(np.mean(np.abs(p - t))) if p.size else float("nan"),
+            "pearson": float("nan"), "spearman": float("nan")}
+  return {"mae": float(np.mean(np.abs(p - t))), "pearson": float(stats.pearsonr(p, t)[0]),
+          "spearman": float(stats.spearmanr(p, t)[0])}
 
-  Returns {"cases": [case ids], "per_case": {map: {metric: (num_cases,)}}, "example": the first
-  slice's input-independent ground truth and prediction, for figures}.
+
+def lesion_volumes_ml(tmax: np.ndarray, cbf: np.ndarray, mask: np.ndarray,
+                      voxel_ml: float) -> dict[str, float]:
+  """The volumes radiologists read from RAPID, for one case ((S, H, W) maps, brain mask).
+
+  hypoperfusion: Tmax > 6 s. core: CBF below 30% of the healthy CBF, taken as the median CBF of
+  the hemisphere (column half) with the smaller Tmax > 6 s volume, i.e. the contralateral side.
   """
+  mask = mask.astype(bool)
+  hypo = mask & (tmax > TMAX_THRESHOLD_S)
+  half = tmax.shape[-1] // 2
+  sides = [np.zeros_like(mask), np.zeros_like(mask)]
+  sides[0][..., :half], sides[1][..., half:] = True, True
+  healthy = min(sides, key=lambda side: (hypo & side).sum()) & mask
+  reference = np.median(cbf[healthy]) if healthy.any() else 0.0
+  core = mask & (cbf < CBF_FRACTION * reference)
+  return {"tmax_gt_6s_ml": float(hypo.sum() * voxel_ml), "cbf_lt_30pct_ml": float(core.sum() * voxel_ml)}
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float], alternative: str = "less") -> float:
+  """One-tailed paired t-test p-value (scipy.stats.ttest_rel); "less": H1 mean(a - b) < 0."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if len(a) < 2 or np.allclose(a, b):
+    return float("nan")
+  return float(stats.ttest_rel(a, b, alternative=alternative).pvalue)
+
+
+def score(records: Sequence[dict[str, Any]], preds: dict[str, np.ndarray],
+          ranges: dict[str, float], voxel_ml: Sequence[float]) -> dict[str, Any]:
+  """Per-case metrics of predicted maps (N slices, H, W) against the records' ground truth.
+
+  records: the source's slice records (pipeline), N of them, with "case"; voxel_ml: per case.
+  Returns {"cases": [case positions], "per_case": {map: {metric: (num_cases,)}},
+  "volumes": {name: {"predicted": (num_cases,), "truth": (num_cases,)}}}.
+  """
+  cases = np.array([r["case"] for r in records])
+  masks = np.stack([r["brain_mask"] for r in records]).astype(bool)
+  truth = {k: np.stack([r[k] for r in records]) for k in TARGET_MAPS}
+  per_case: dict[str, dict[str, list]] = {k: {m: [] for m in METRICS + BRAIN_METRICS}
+                                          for k in TARGET_MAPS}
+  volumes: dict[str, dict[str, list]] = {}
+  slice_values = {k: slice_metrics(preds[k], truth[k], float(ranges[k])) for k in TARGET_MAPS}
+  for pos, case in enumerate(np.unique(cases)):
+    rows = cases == case
+    for k in TARGET_MAPS:
+      for m in METRICS:
+        per_case[k][m].append(float(slice_values[k][m][rows].mean()))
+      for m, v in brain_metrics(preds[k][rows], truth[k][rows], masks[rows]).items():
+        per_case[k][m].append(v)
+    for which, maps in (("predicted", preds), ("truth", truth)):
+      for name, v in lesion_volumes_ml(maps["tmax"][rows], maps["cbf"][rows], masks[rows],
+                                       voxel_ml[pos]).items():
+        volumes.setdefault(name, {"predicted": [], "truth": []})[which].append(v)
+  return {"cases": [int(c) for c in np.unique(cases)],
+          "per_case": {k: {m: np.array(v) for m, v in d.items()} for k, d in per_case.items()},
+          "volumes": {n: {w: np.array(v) for w, v in d.items()} for n, d in volumes.items()}}
+
+
+def split_records(config: ml_collections.ConfigDict, split: str = "test"):
+  """(records, voxel volume in ml per case) of every slice of a split, in order."""
   source = pipeline.make_source(config.data, split, config.seed)
   records = [source[i] for i in range(len(source))]
+  num_cases = len({r["case"] for r in records})
+  return records, [source.voxel_ml(c) for c in range(num_cases)]
+
+
+def evaluate_variables(config: ml_collections.ConfigDict, model, variables, factor: int,
+                       split: str = "test", batch_size: int = 4, records=None) -> dict[str, Any]:
+  """Scores a model on every slice of a split, at a temporal factor (see :func:`score`).
+
+  Also returns "example": the ground truth and prediction of the slice with the most brain, for
+  figures. records: (records, voxel_ml) from :func:`split_records`, to reuse across models.
+  """
+  records, voxel_ml = split_records(config, split) if records is None else records
   inputs = np.stack([slice_input(r["scan"], factor, config.data.patch.num_frames) for r in records])
   preds = predict(model, variables, inputs, batch_size)
-  cases = np.array([r["case"] for r in records])
-  per_case: dict[str, dict[str, np.ndarray]] = {}
-  for key in TARGET_MAPS:
-    target = np.stack([r[key] for r in records])
-    values = slice_metrics(preds[key], target, float(config.data.map_ranges[key]))
-    per_case[key] = {m: np.array([values[m][cases == c].mean() for c in np.unique(cases)])
-                     for m in METRICS}
+  result = score(records, preds, dict(config.data.map_ranges), voxel_ml)
   example = max(range(len(records)), key=lambda i: records[i]["brain_mask"].sum())
-  return {"cases": [int(c) for c in np.unique(cases)], "per_case": per_case,
-          "example": {"truth": {k: records[example][k] for k in TARGET_MAPS},
-                      "prediction": {k: preds[k][example] for k in TARGET_MAPS}}}
+  result["example"] = {"truth": {k: records[example][k] for k in TARGET_MAPS},
+                       "prediction": {k: preds[k][example] for k in TARGET_MAPS}}
+  return result

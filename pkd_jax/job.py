@@ -125,17 +125,21 @@ class Job:
       model = train.make_model(cfg)
       variables = train.load_variables(folder, cfg)
       result = evaluate.evaluate_variables(cfg, model, variables, cfg.train.factor)
-      rows.append(dict(method=name, factor=cfg.train.factor, per_case=result["per_case"]))
+      rows.append(dict(method=name, factor=cfg.train.factor, per_case=result["per_case"],
+                       volumes=result["volumes"]))
       predictions[f"{name}, 1/{cfg.train.factor}"] = result["example"]["prediction"]
       truth = result["example"]["truth"]
     ranges = dict(self.config.data.map_ranges)
-    markdown, csv_text = report.results_table(rows, ranges)
+    markdown, csv_text = report.results_table(rows, ranges, reference=rows[0]["method"])
+    markdown += "\nLesion volumes (RAPID's thresholds), mean over test cases:\n\n"
+    markdown += report.volumes_table(rows)
     stem = os.path.join(self.workdir, f"results_{self.strategy}")
     report.write_text_atomic(stem + ".md", markdown)
     report.write_text_atomic(stem + ".csv", csv_text)
-    summary = [dict(method=r["method"], factor=r["factor"],
-                    per_case={k: {m: [float(x) for x in v] for m, v in r["per_case"][k].items()}
-                              for k in r["per_case"]}) for r in rows]
+    as_lists = lambda tree: {k: as_lists(v) if isinstance(v, dict) else [float(x) for x in v]
+                             for k, v in tree.items()}
+    summary = [dict(method=r["method"], factor=r["factor"], per_case=as_lists(r["per_case"]),
+                    volumes=as_lists(r["volumes"])) for r in rows]
     schedule_path = os.path.join(self.student_dir(), "schedule.json")
     schedule = []
     if os.path.exists(schedule_path):
@@ -147,6 +151,20 @@ class Job:
                              title=f"test slice: student ({self.strategy}) and its teachers")
     print(markdown)
     return {"table": stem + ".md", "figure": stem + ".png"}
+
+
+def evaluate_teacher(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  """Scores one trained teacher (a teacher config's workdir) on the test split; writes its report."""
+  model, variables = train.make_model(config), train.load_variables(workdir, config)
+  result = evaluate.evaluate_variables(config, model, variables, config.train.factor)
+  rows = [dict(method=f"teacher x{config.train.factor}", factor=config.train.factor,
+               per_case=result["per_case"])]
+  markdown, csv_text = report.results_table(rows, dict(config.data.map_ranges))
+  stem = os.path.join(workdir, "results")
+  report.write_text_atomic(stem + ".md", markdown)
+  report.write_text_atomic(stem + ".csv", csv_text)
+  print(markdown)
+  return {"table": stem + ".md"}
 
 
 def run_student_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:

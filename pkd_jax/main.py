@@ -21,17 +21,23 @@ from pkd_jax.errors import InputError, exit_on_input_error
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/teacher.py:8",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, logs and results")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                          "train (and, for students, evaluate), or only evaluate what the "
+                          "workdir holds on the test split and write the report")
 flags.mark_flags_as_required(["config", "workdir"])
 
-ROLES = {"teacher": train.train_and_evaluate, "student": job.run_student_job}
+ROLES = {("teacher", "train"): train.train_and_evaluate,
+         ("teacher", "evaluate"): job.evaluate_teacher,
+         ("student", "train"): job.run_student_job,
+         ("student", "evaluate"): lambda config, workdir: job.Job(config, workdir).report()}
 
 
 @exit_on_input_error
-def run(config, workdir: str):
-  if config.role not in ROLES:
-    raise InputError("config.role", f"unknown role {config.role!r}; valid: {', '.join(ROLES)}")
+def run(config, workdir: str, mode: str = "train"):
+  if (config.role, mode) not in ROLES:
+    raise InputError("config.role", f"unknown role {config.role!r}; valid: teacher, student")
   logging.info("config:\n%s", config)
-  return ROLES[config.role](config, workdir)
+  return ROLES[(config.role, mode)](config, workdir)
 
 
 def enable_compilation_cache() -> None:
@@ -67,7 +73,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   enable_compilation_cache()
-  run(_CONFIG.value, _WORKDIR.value)
+  run(_CONFIG.value, _WORKDIR.value, _MODE.value)
 
 
 if __name__ == "__main__":

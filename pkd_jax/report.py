@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pkd_jax.data.case import MAP_UNITS, TARGET_MAPS
-from pkd_jax.evaluate import METRICS
+from pkd_jax.evaluate import METRICS, paired_t_test
 
 TITLES = {"tmax": "Tmax", "cbv": "CBV", "cbf": "CBF"}
 BETTER = {"rmse": min, "ssim": max, "psnr": max}
@@ -23,37 +23,78 @@ def write_text_atomic(path: str, text: str | bytes) -> None:
   os.replace(tmp, path)
 
 
-def results_table(rows: Sequence[dict[str, Any]], ranges: dict[str, float]) -> tuple[str, str]:
-  """(Markdown, CSV) of methods x {map x metric}: mean +/- std over cases, best marked in bold.
+def results_table(rows: Sequence[dict[str, Any]], ranges: dict[str, float],
+                  reference: str | None = None) -> tuple[str, str]:
+  """(Markdown, CSV) in the layout of the paper's Table 2.
 
-  rows: {"method": str, "factor": int, "per_case": {map: {metric: (cases,)}}}.
+  rows: {"method": str, "factor": int, "per_case": {map: {metric: (cases,)}}}. Rows are grouped
+  by temporal factor (full resolution first); each cell is the mean +/- std over cases, the best
+  per factor in bold. With a reference method (the PKD student), every other method at the same
+  factor gets, per map, the p-value of a one-tailed paired t-test on per-case RMSE (H1: the
+  reference's RMSE is lower).
   """
-  means = [{(k, m): float(np.mean(r["per_case"][k][m])) for k in TARGET_MAPS for m in METRICS}
-           for r in rows]
-  best = {key: BETTER[key[1]](mean[key] for mean in means) for key in means[0]} if rows else {}
-  header = ["method", "factor"] + [f"{TITLES[k]} {m.upper()}" for k in TARGET_MAPS for m in METRICS]
+  rows = sorted(rows, key=lambda r: r["factor"])
+  mean = lambda r, k, m: float(np.mean(r["per_case"][k][m]))
+  best = {}
+  for r in rows:
+    for k in TARGET_MAPS:
+      for m in METRICS:
+        key = (r["factor"], k, m)
+        best[key] = BETTER[m](best.get(key, mean(r, k, m)), mean(r, k, m))
+  ref = {r["factor"]: r for r in rows if r["method"] == reference}
+  header = (["method", "factor"] + [f"{TITLES[k]} {m.upper()}" for k in TARGET_MAPS for m in METRICS]
+            + [f"p {TITLES[k]} RMSE" for k in TARGET_MAPS])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   out = io.StringIO()
   writer = csv.writer(out)
   writer.writerow(["method", "factor"] + [f"{k}_{m}_{s}" for k in TARGET_MAPS for m in METRICS
-                                          for s in ("mean", "std")])
-  for row, mean in zip(rows, means):
-    cells, values = [row["method"], f"1/{row['factor']}" if row["factor"] > 1 else "full"], []
+                                          for s in ("mean", "std")]
+                  + [f"{k}_rmse_p" for k in TARGET_MAPS])
+  for r in rows:
+    cells, values = [r["method"], f"1/{r['factor']}" if r["factor"] > 1 else "full"], []
     for k in TARGET_MAPS:
       for m in METRICS:
-        std = float(np.std(row["per_case"][k][m]))
-        text = f"{mean[(k, m)]:.3f} ± {std:.3f}"
-        cells.append(f"**{text}**" if mean[(k, m)] == best[(k, m)] else text)
-        values += [f"{mean[(k, m)]:.5f}", f"{std:.5f}"]
+        value, std = mean(r, k, m), float(np.std(r["per_case"][k][m]))
+        text = f"{value:.3f} ± {std:.3f}"
+        cells.append(f"**{text}**" if value == best[(r["factor"], k, m)] else text)
+        values += [f"{value:.5f}", f"{std:.5f}"]
+    p_values = []
+    for k in TARGET_MAPS:
+      other = ref.get(r["factor"])
+      p = (paired_t_test(other["per_case"][k]["rmse"], r["per_case"][k]["rmse"], "less")
+           if other is not None and other is not r else float("nan"))
+      p_values.append(p)
+      cells.append("—" if np.isnan(p) else f"{p:.3g}")
     lines.append("| " + " | ".join(cells) + " |")
-    writer.writerow([row["method"], row["factor"], *values])
+    writer.writerow([r["method"], r["factor"], *values, *[f"{p:.5g}" for p in p_values]])
   units = ", ".join(f"{TITLES[k]} [0, {ranges[k]:g}] {MAP_UNITS[k]}" for k in TARGET_MAPS)
-  cases = len(next(iter(rows[0]["per_case"]["tmax"].values()))) if rows else 0
+  cases = len(rows[0]["per_case"]["tmax"]["rmse"]) if rows else 0
   lines.append("")
   lines.append(f"Mean ± standard deviation over {cases} test cases; RMSE in the maps' units, "
                f"SSIM (Gaussian sigma 1.5) and PSNR with maps clipped to the ranges {units}. "
-               "Best per column in bold.")
+               "Best per temporal factor in bold."
+               + (f" p: one-tailed paired t-test of per-case RMSE, H1: {reference} is lower."
+                  if reference else ""))
   return "\n".join(lines) + "\n", out.getvalue()
+
+
+def volumes_table(rows: Sequence[dict[str, Any]]) -> str:
+  """Markdown: the RAPID-style volumes per method, predicted against ground truth (ml).
+
+  rows: {"method", "factor", "volumes": {name: {"predicted": (cases,), "truth": (cases,)}}}.
+  """
+  names = {"tmax_gt_6s_ml": "Tmax > 6 s", "cbf_lt_30pct_ml": "CBF < 30%"}
+  header = ["method", "factor"] + [f"{label} {what}" for label in names.values()
+                                   for what in ("predicted (ml)", "truth (ml)", "mean abs. error (ml)")]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in rows:
+    cells = [r["method"], f"1/{r['factor']}" if r["factor"] > 1 else "full"]
+    for name in names:
+      v = r["volumes"][name]
+      cells += [f"{np.mean(v['predicted']):.2f}", f"{np.mean(v['truth']):.2f}",
+                f"{np.mean(np.abs(v['predicted'] - v['truth'])):.2f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def comparison_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[str, np.ndarray]],

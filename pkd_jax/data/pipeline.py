@@ -71,6 +71,11 @@ class PhantomSlices:
     for n in factors:
       temporal.check_factor(n, self.config.num_frames, f"phantom frames ({n})")
 
+  def voxel_ml(self, case_pos: int) -> float:
+    """Volume of one voxel of a case in ml."""
+    del case_pos  # the same for every phantom case
+    return self.config.pixel_mm ** 2 * self.config.slice_thickness_mm / 1000.0
+
   def __getitem__(self, record: int) -> dict[str, Any]:
     if self._cache is not None and record in self._cache:
       return self._cache[record]
@@ -112,6 +117,11 @@ class NiftiSlices:
 
   def __getstate__(self):  # sent to grain's worker processes without the loaded cases
     return dict(self.__dict__, _cases=collections.OrderedDict())
+
+  def voxel_ml(self, case_pos: int) -> float:
+    """Volume of one voxel of a case in ml, after preprocessing."""
+    dz, dy, dx = self._load(case_pos).spacing_mm
+    return dz * dy * dx / 1000.0
 
   def _load(self, case_pos: int):
     if case_pos in self._cases:
