@@ -27,9 +27,13 @@ FACTOR = 8
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  """A tiny trained teacher run (one step, one checkpoint)."""
-  config = config_with(teacher_config.get_config, f"{FACTOR},test", train__steps=1,
-                       train__eval_every=1)
+  """A tiny trained teacher run: the test scale's 6 steps, checkpoints at 3 and 6.
+
+  The same config as tests/test_train.py's resume test, so in a full test run the train step
+  comes from the shared compilation cache (conftest.py) instead of being compiled again.
+  """
+  config = config_with(teacher_config.get_config, f"{FACTOR},test", train__steps=6,
+                       train__eval_every=3)
   workdir = tmp_path_factory.mktemp("run")
   train.train_and_evaluate(config, str(workdir))
   return workdir
@@ -181,19 +185,22 @@ def test_too_few_frames_message_names_the_file_and_the_factor(run_dir, tmp_path,
   assert f"{short}: {FACTOR} frames are too few for temporal factor {FACTOR}" in err, err
 
 
-def test_a_failed_write_leaves_nothing_partial(run_dir, scan_path, tmp_path, monkeypatch, capsys):
+def test_a_failed_write_leaves_nothing_partial(run_dir, scan_path, api_maps, tmp_path,
+                                               monkeypatch, capsys):
   def fail(*args, **kwargs):
     raise OSError(28, "No space left on device")
 
   monkeypatch.setattr(predict, "save_overview", fail)
   fresh = tmp_path / "a" / "b" / "pred"  # parents created for the write are removed again
   assert _main_exit_code(_args(run_dir, scan_path, fresh)) == 2
-  assert "No space left on device" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {fresh}: ") and "No space left on device" in err, err
   assert os.listdir(tmp_path) == []
-  kept = tmp_path / "kept"  # an existing output replaced with --overwrite stays as it was
+  kept = tmp_path / "kept"  # an existing output replaced with overwrite stays as it was
   kept.mkdir()
   (kept / "old.txt").write_text("old")
-  assert _main_exit_code(_args(run_dir, scan_path, kept, "--overwrite")) == 2
+  with pytest.raises(predict.InputError, match="No space left on device"):
+    predict.write_outputs(api_maps, _affine(), kept, overwrite=True)
   assert os.listdir(tmp_path) == ["kept"] and os.listdir(kept) == ["old.txt"]
 
 
