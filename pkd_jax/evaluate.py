@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
-from pkd_jax import losses
-from pkd_jax.data import pipeline, temporal
+from pkd_jax import deconvolution, losses
+from pkd_jax.data import pipeline, preprocess, temporal
 from pkd_jax.data.case import TARGET_MAPS
 
 METRICS = ("rmse", "ssim", "psnr")  # the paper's, over the whole slice
@@ -136,11 +136,38 @@ def score(records: Sequence[dict[str, Any]], preds: dict[str, np.ndarray],
 
 
 def split_records(config: ml_collections.ConfigDict, split: str = "test"):
-  """(records, voxel volume in ml per case) of every slice of a split, in order."""
+  """(records, voxel volume in ml per case, case info per case) of every slice of a split."""
   source = pipeline.make_source(config.data, split, config.seed)
   records = [source[i] for i in range(len(source))]
   num_cases = len({r["case"] for r in records})
-  return records, [source.voxel_ml(c) for c in range(num_cases)]
+  return (records, [source.voxel_ml(c) for c in range(num_cases)],
+          [source.case_info(c) for c in range(num_cases)])
+
+
+def evaluate_deconvolution(config: ml_collections.ConfigDict, factor: int, split: str = "test",
+                           method: str = "bsvd", records=None) -> dict[str, Any]:
+  """Scores the classical pipeline (pkd_jax.deconvolution) like a model, at a temporal factor.
+
+  Each case's slices (HU, undoing the normalisation) are degraded like the network's input and
+  deconvolved with the source's true AIF (phantom), or one selected from the scan
+  (deconvolution.select_aif) when the source has none; the AIF is degraded likewise.
+  """
+  records, voxel_ml, infos = split_records(config, split) if records is None else records
+  cases = np.array([r["case"] for r in records])
+  preds = {k: np.zeros((len(records), *records[0][k].shape), np.float32) for k in TARGET_MAPS}
+  for pos, case in enumerate(np.unique(cases)):
+    rows = np.nonzero(cases == case)[0]
+    scan = np.stack([records[i]["scan"] for i in rows]) * preprocess.HU_SCALE  # (S, T, H, W)
+    mask = np.stack([records[i]["brain_mask"] for i in rows]).astype(bool)
+    aif = infos[pos]["aif_hu"]
+    if aif is None:
+      aif, _ = deconvolution.select_aif(scan, mask, frame_times_s=infos[pos]["frame_times_s"])
+    maps = deconvolution.perfusion_maps(temporal.degrade_np(scan, factor, axis=1),
+                                        temporal.degrade_np(np.asarray(aif), factor, axis=0),
+                                        infos[pos]["frame_times_s"], mask, method=method)
+    for k in TARGET_MAPS:
+      preds[k][rows] = maps[k]
+  return score(records, preds, dict(config.data.map_ranges), voxel_ml)
 
 
 def evaluate_variables(config: ml_collections.ConfigDict, model, variables, factor: int,
@@ -148,9 +175,9 @@ def evaluate_variables(config: ml_collections.ConfigDict, model, variables, fact
   """Scores a model on every slice of a split, at a temporal factor (see :func:`score`).
 
   Also returns "example": the ground truth and prediction of the slice with the most brain, for
-  figures. records: (records, voxel_ml) from :func:`split_records`, to reuse across models.
+  figures. records: the result of :func:`split_records`, to reuse across models.
   """
-  records, voxel_ml = split_records(config, split) if records is None else records
+  records, voxel_ml, _ = split_records(config, split) if records is None else records
   inputs = np.stack([slice_input(r["scan"], factor, config.data.patch.num_frames) for r in records])
   preds = predict(model, variables, inputs, batch_size)
   result = score(records, preds, dict(config.data.map_ranges), voxel_ml)

@@ -121,14 +121,20 @@ class Job:
     entries = [(f"student ({self.strategy})", self.config, self.student_dir())]
     entries += [(f"teacher {s.name}", teacher_config(self.config, s), self.teacher_dir(s))
                 for s in self.specs]
+    records = evaluate.split_records(self.config, "test")
     for name, cfg, folder in entries:
       model = train.make_model(cfg)
       variables = train.load_variables(folder, cfg)
-      result = evaluate.evaluate_variables(cfg, model, variables, cfg.train.factor)
+      result = evaluate.evaluate_variables(cfg, model, variables, cfg.train.factor, records=records)
       rows.append(dict(method=name, factor=cfg.train.factor, per_case=result["per_case"],
                        volumes=result["volumes"]))
       predictions[f"{name}, 1/{cfg.train.factor}"] = result["example"]["prediction"]
       truth = result["example"]["truth"]
+    aif = "true AIF" if records[2][0]["aif_hu"] is not None else "selected AIF"
+    for factor in sorted({self.config.train.factor, 1}):  # the classical reference
+      result = evaluate.evaluate_deconvolution(self.config, factor, records=records)
+      rows.append(dict(method=f"bSVD ({aif})", factor=factor, per_case=result["per_case"],
+                       volumes=result["volumes"]))
     ranges = dict(self.config.data.map_ranges)
     markdown, csv_text = report.results_table(rows, ranges, reference=rows[0]["method"])
     markdown += "\nLesion volumes (RAPID's thresholds), mean over test cases:\n\n"

@@ -71,6 +71,13 @@ class PhantomSlices:
     for n in factors:
       temporal.check_factor(n, self.config.num_frames, f"phantom frames ({n})")
 
+  def case_info(self, case_pos: int) -> dict[str, Any]:
+    """Frame times (s) and the true AIF (enhancement, HU) of a case."""
+    index = self.case_indices[case_pos]
+    params = self._params.get(index) or phantom.case_parameters(self.config, self.seed, index)
+    times = phantom.frame_times_s(self.config, params)
+    return {"frame_times_s": times, "aif_hu": phantom.arterial_curve(times, params)}
+
   def voxel_ml(self, case_pos: int) -> float:
     """Volume of one voxel of a case in ml."""
     del case_pos  # the same for every phantom case
@@ -117,6 +124,10 @@ class NiftiSlices:
 
   def __getstate__(self):  # sent to grain's worker processes without the loaded cases
     return dict(self.__dict__, _cases=collections.OrderedDict())
+
+  def case_info(self, case_pos: int) -> dict[str, Any]:
+    """Frame times (s) of a case after preprocessing; its AIF is unknown (None)."""
+    return {"frame_times_s": self._load(case_pos).frame_times_s, "aif_hu": None}
 
   def voxel_ml(self, case_pos: int) -> float:
     """Volume of one voxel of a case in ml, after preprocessing."""
