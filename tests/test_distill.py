@@ -194,3 +194,12 @@ def test_bad_student_input_is_a_clear_error(tmp_path, args, message):
   assert result.returncode == 2, result.stderr[-2000:]
   assert message in result.stderr and "Traceback" not in result.stderr
   assert not (tmp_path / "teachers").exists()
+
+
+def test_evaluate_mode_without_a_trained_run_is_a_clear_error(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "pkd_jax.main", f"--workdir={tmp_path}",
+                           "--config=configs/student.py:pkd,test", "--mode=evaluate"],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "student_pkd: no trained model here" in result.stderr and "Traceback" not in result.stderr
+  assert not list(tmp_path.glob("results_*"))
