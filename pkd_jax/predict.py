@@ -37,12 +37,11 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 
+from pkd_jax import fileio
 from pkd_jax.data import nifti, preprocess, temporal
 from pkd_jax.data.case import MAP_UNITS, TARGET_MAPS, Case
 from pkd_jax.data.preprocess import Geometry
@@ -301,33 +300,22 @@ def write_outputs(maps: dict[str, np.ndarray], affine: np.ndarray | None,
     affine = nifti.default_affine((height, width, num_slices), (dx, dy, dz))
   affine = np.asarray(affine, np.float64)
   created = _missing_parents(output)
-  tmp = old = None
   try:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp",
-                                        dir=output.parent))
-    for key in TARGET_MAPS:
-      _save_map(maps[key], affine, tmp / MAP_FILES[key], f"pkd_jax {key} ({MAP_UNITS[key]})")
-    save_overview(maps, tmp / OVERVIEW_FILE, title)
-    if output.exists() and any(output.iterdir()):  # overwrite: move the old aside, then swap
-      old = tmp.with_name(tmp.name + ".old")
-      os.replace(output, old)
-    os.replace(tmp, output)
-  except BaseException as e:
-    if tmp is not None:
-      shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None and old.exists() and not output.exists():
-      os.replace(old, output)
-    for folder in reversed(created):
+    try:
+      output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise InputError(output, f"cannot write the output: {e.strerror or e}") from e
+    with fileio.replace_folder(output, "the output") as tmp:
+      for key in TARGET_MAPS:
+        _save_map(maps[key], affine, tmp / MAP_FILES[key], f"pkd_jax {key} ({MAP_UNITS[key]})")
+      save_overview(maps, tmp / OVERVIEW_FILE, title)
+  except BaseException:
+    for folder in reversed(created):  # parents made for the output go too
       try:
         folder.rmdir()
       except OSError:
         break
-    if isinstance(e, OSError):
-      raise InputError(output, f"cannot write the output: {e.strerror or e}") from e
     raise
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
   return output
 
 

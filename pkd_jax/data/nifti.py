@@ -47,8 +47,6 @@ import dataclasses
 import os
 import pathlib
 import re
-import shutil
-import tempfile
 import warnings
 from typing import Iterable, Mapping, Sequence
 
@@ -56,6 +54,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from pkd_jax import fileio
 from pkd_jax.data.case import TARGET_MAPS, Case
 from pkd_jax.errors import InputError, exit_on_input_error
 
@@ -519,26 +518,8 @@ def write_isles_case(case: Case, root: os.PathLike | str, case_number: int,
   final = root / f"case_{case_number}"
   if final.exists() and not overwrite:
     raise InputError(final, "case folder already exists (pass overwrite=True to replace it)")
-  try:
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".case_{case_number}.", suffix=".tmp", dir=root))
-  except OSError as e:
-    raise InputError(root, f"cannot write to the output folder: {e.strerror or e}") from e
-  old = None
-  try:
+  with fileio.replace_folder(final, "the case") as tmp:
     _write_case_files(case, tmp, case_number)
-    if final.exists():  # overwrite: move the old case aside, then swap in the new one
-      old = tmp.with_name(tmp.name + ".old")
-      os.replace(final, old)
-    os.replace(tmp, final)
-  except BaseException as e:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None and old.exists() and not final.exists():
-      os.replace(old, final)
-    if isinstance(e, OSError):
-      raise InputError(final, f"cannot write the case: {e}") from e
-    raise
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
   return final
 
 
