@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from pkd_jax import deconvolution, evaluate, models
+from pkd_jax import deconvolution, evaluate, fileio, models
 from pkd_jax.data import phantom
 
 _FILTERS = flags.DEFINE_integer("filters", 16, "V-Net width F")
@@ -64,10 +64,7 @@ def main(argv):
   }
   text = json.dumps(results, indent=2)
   print(text)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value + ".tmp", "w") as f:
-    f.write(text + "\n")
-  os.replace(_OUT.value + ".tmp", _OUT.value)
+  fileio.write_text(_OUT.value, text + "\n")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 
 from absl import app, flags
 
+from pkd_jax import fileio
 from pkd_jax.data import phantom, pipeline
 
 _SLICES = flags.DEFINE_integer("slices", 16, "slices to generate for slices_per_s")
@@ -64,11 +65,7 @@ def main(argv):
   results["cached_batches_per_s"] = round(_time_batches(cached, _BATCHES.value * 5, 0), 2)
   text = json.dumps(results, indent=2)
   print(text)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  tmp = _OUT.value + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text + "\n")
-  os.replace(tmp, _OUT.value)
+  fileio.write_text(_OUT.value, text + "\n")
 
 
 if __name__ == "__main__":

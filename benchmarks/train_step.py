@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import teacher
-from pkd_jax import models, train
+from pkd_jax import fileio, models, train
 
 _SIZES = flags.DEFINE_list("sizes", ["demo", "paper"], "config scales to measure")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps per size (after one warm-up step)")
@@ -148,11 +148,7 @@ def main(argv):
     steps = _PAPER_STEPS.value if scale == "paper" else _STEPS.value
     results["sizes"].append(measure(scale, steps))
     print(json.dumps(results["sizes"][-1], indent=2), flush=True)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  tmp = _OUT.value + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, _OUT.value)
+  fileio.write_json(_OUT.value, results)
   print(f"wrote {_OUT.value}")
 
 

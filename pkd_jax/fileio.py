@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -40,3 +41,35 @@ def replace_folder(final: os.PathLike | str, what: str) -> Iterator[pathlib.Path
     raise
   if old is not None:
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text(path: os.PathLike | str, text: str) -> None:
+  """Writes a text file all or nothing: a temporary file beside it, then a rename; makes folders."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def write_json(path: os.PathLike | str, value) -> None:
+  """write_text of value as indented JSON."""
+  write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def save_figure(fig, path: os.PathLike | str, dpi: int = 80) -> str:
+  """Saves a matplotlib figure as PNG all or nothing, and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+  try:
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+  finally:
+    plt.close(fig)
+    tmp.unlink(missing_ok=True)
+  return str(path)

@@ -23,7 +23,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from pkd_jax import distill, evaluate, report, train
+from pkd_jax import distill, evaluate, fileio, report, train
 from pkd_jax.distill import TeacherSpec
 
 
@@ -96,6 +96,9 @@ class Job:
   def train_teachers(self) -> None:
     for spec in self.all_teachers():
       cfg, folder = teacher_config(self.config, spec), self.teacher_dir(spec)
+      if train.is_finished(folder, cfg):  # reuse what is already trained
+        logging.info("teacher %s: trained, in %s", spec.name, folder)
+        continue
       logging.info("teacher %s in %s", spec.name, folder)
       if spec.assistant:  # distilled from the full-resolution teacher
         full = TeacherSpec(1)
@@ -140,8 +143,8 @@ class Job:
     markdown += "\nLesion volumes (RAPID's thresholds), mean over test cases:\n\n"
     markdown += report.volumes_table(rows)
     stem = os.path.join(self.workdir, f"results_{self.strategy}")
-    report.write_text_atomic(stem + ".md", markdown)
-    report.write_text_atomic(stem + ".csv", csv_text)
+    fileio.write_text(stem + ".md", markdown)
+    fileio.write_text(stem + ".csv", csv_text)
     as_lists = lambda tree: {k: as_lists(v) if isinstance(v, dict) else [float(x) for x in v]
                              for k, v in tree.items()}
     summary = [dict(method=r["method"], factor=r["factor"], per_case=as_lists(r["per_case"]),
@@ -151,8 +154,8 @@ class Job:
     if os.path.exists(schedule_path):
       with open(schedule_path) as f:
         schedule = json.load(f)
-    report.write_text_atomic(stem + ".json", json.dumps(
-        dict(strategy=self.strategy, map_ranges=ranges, rows=summary, schedule=schedule), indent=2))
+    fileio.write_json(stem + ".json", dict(strategy=self.strategy, map_ranges=ranges, rows=summary,
+                                           schedule=schedule))
     report.comparison_figure(truth, predictions, ranges, stem + ".png",
                              title=f"test slice: student ({self.strategy}) and its teachers")
     print(markdown)
@@ -167,8 +170,8 @@ def evaluate_teacher(config: ml_collections.ConfigDict, workdir: str) -> dict[st
                per_case=result["per_case"])]
   markdown, csv_text = report.results_table(rows, dict(config.data.map_ranges))
   stem = os.path.join(workdir, "results")
-  report.write_text_atomic(stem + ".md", markdown)
-  report.write_text_atomic(stem + ".csv", csv_text)
+  fileio.write_text(stem + ".md", markdown)
+  fileio.write_text(stem + ".csv", csv_text)
   print(markdown)
   return {"table": stem + ".md"}
 

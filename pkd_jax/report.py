@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from pkd_jax import fileio
 from pkd_jax.data.case import MAP_UNITS, TARGET_MAPS
 from pkd_jax.evaluate import METRICS, paired_t_test
 
 TITLES = {"tmax": "Tmax", "cbv": "CBV", "cbf": "CBF"}
 BETTER = {"rmse": min, "ssim": max, "psnr": max}
-
-
-def write_text_atomic(path: str, text: str | bytes) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def results_table(rows: Sequence[dict[str, Any]], ranges: dict[str, float],
@@ -126,8 +119,4 @@ def comparison_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[
         fig.colorbar(image, ax=axes[:-1, col] if row == 0 else ax, shrink=0.8)
   if title:
     fig.suptitle(title)
-  tmp = f"{path}.tmp.png"
-  fig.savefig(tmp, dpi=80)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return fileio.save_figure(fig, path)

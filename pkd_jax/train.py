@@ -33,7 +33,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 from tqdm import tqdm
 
-from pkd_jax import distill, losses, models
+from pkd_jax import distill, fileio, losses, models
 from pkd_jax.data import pipeline, temporal
 from pkd_jax.data.case import TARGET_MAPS
 from pkd_jax.errors import InputError, TrainingStopped
@@ -245,11 +245,7 @@ def check_workdir_spec(workdir: str, spec: dict[str, Any]) -> None:
                        + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
                        + "; use another --workdir")
     return
-  os.makedirs(workdir, exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(spec, f, indent=2)
-  os.replace(tmp, path)
+  fileio.write_json(path, spec)
 
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -280,6 +276,14 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState, data_itera
   if teaching is not None:
     teaching.load_state_dict(restored["teaching"])
   return restored["state"]
+
+
+def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """True when workdir holds a checkpoint at config.train.steps: nothing is left to train."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return False
+  latest = checkpoint_manager(workdir, config.train.keep_checkpoints).latest_step()
+  return latest is not None and latest >= config.train.steps
 
 
 def load_variables(workdir: str, config: ml_collections.ConfigDict,
@@ -318,13 +322,6 @@ def evaluate(state, datasets_val, config, model, loss_config, perceptual) -> dic
     rows.append(eval_step(state, device_batch(batch, config.data.factors, config.train.factor),
                           perceptual, model=model, loss_config=loss_config))
   return _mean_metrics(jax.device_get(rows))
-
-
-def _write_json(path: str, value) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -390,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             bar.write(f"step {done}, epoch {switch['epoch']}: teacher {switch['teacher']} takes "
                       f"over ({switch['reason']})")
             writer.add_text("distill/schedule", json.dumps(switch), done)
-          _write_json(os.path.join(workdir, "schedule.json"), teaching.history())
+          fileio.write_json(os.path.join(workdir, "schedule.json"), teaching.history())
       if done % config.train.log_every == 0 or done == total:
         bar.set_postfix(loss=f"{loss:.4f}")
         for k, v in jax.device_get(metrics).items():
@@ -411,5 +408,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     bar.close()
   if teaching is not None:
-    _write_json(os.path.join(workdir, "schedule.json"), teaching.history())
+    fileio.write_json(os.path.join(workdir, "schedule.json"), teaching.history())
   return {"step": int(state.step), **{f"val_{k}": v for k, v in val.items()}}

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
+from pkd_jax import fileio
 from pkd_jax.data.case import Case
 from pkd_jax.errors import InputError, exit_on_input_error
 
@@ -579,15 +580,7 @@ def plot_case(case: Case, path: str, slice_index: int | None = None,
   ax.imshow(case.labels[slice_index], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
   ax.set_title("tissue labels (contours: penumbra white, core magenta)")
   ax.axis("off")
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  try:
-    fig.savefig(tmp, dpi=80)
-    os.replace(tmp, path)
-  finally:
-    plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+  return fileio.save_figure(fig, path)
 
 
 @exit_on_input_error
