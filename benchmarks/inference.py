@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from pkd_jax import deconvolution, evaluate, fileio, models
+from pkd_jax import deconvolution, fileio, inference, models
 from pkd_jax.data import phantom
 
 _FILTERS = flags.DEFINE_integer("filters", 16, "V-Net width F")
@@ -33,15 +33,17 @@ def main(argv):
   impls = (dict(down_impl="space_to_depth", up_impl="depth_to_space", conv_impl="conv2d_sum")
            if _IMPL.value == "fast" else {})
   model = models.get_model("vnet", filters=_FILTERS.value, num_frames=32, **impls)
-  x = jnp.zeros((_BATCH.value, 32, 256, 256, 1), jnp.float32)
-  variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0, impl="rbg"))
+  x = jnp.zeros((_BATCH.value, 40, 256, 256, 1), jnp.float32)  # whole 40-frame series
+  variables = jax.jit(lambda k: model.init(k, x[:1, :32], train=False))(
+      jax.random.key(0, impl="rbg"))
   start = time.perf_counter()
-  compiled = evaluate._apply.lower(variables, x, model=model).compile()  # pylint: disable=protected-access
+  compiled = inference._predict_batch.lower(  # pylint: disable=protected-access
+      variables, x, model=model, window_frames=32, stride=inference.DEFAULT_WINDOW_STRIDE).compile()
   compile_s = time.perf_counter() - start
   jax.block_until_ready(compiled(variables, x))  # warm-up
-  inputs = np.random.default_rng(0).normal(size=(_SLICES.value, 32, 256, 256, 1)).astype(np.float32)
+  inputs = np.random.default_rng(0).normal(size=(_SLICES.value, 40, 256, 256, 1)).astype(np.float32)
   start = time.perf_counter()
-  evaluate.predict(model, variables, inputs, _BATCH.value)
+  inference.predict(model, variables, inputs, 32, batch_size=_BATCH.value)
   case_s = time.perf_counter() - start
 
   config = phantom.PhantomConfig(num_slices=_SLICES.value)

@@ -35,6 +35,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.height = data.phantom.get_ref("height")
   data.width = data.phantom.get_ref("width")
   data.num_frames = data.phantom.get_ref("num_frames")
+  # The fixed time grid (seconds per frame) every scan is resampled onto (preprocess.Geometry):
+  # Tmax and CBF are defined in seconds, so a frame must mean the same time in every scan.
+  # 40 frames of 1.5 s cover 58.5 s, the bolus passage and washout of late (delayed) tissue.
+  data.frame_interval_s = 1.5
   # Temporal factors present in every example (student and teachers see the same patch). Role
   # configs set this to the factors the run needs.
   data.factors = (16, 8, 4, 2, 1)
@@ -43,7 +47,14 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.patch.height = 128
   data.patch.width = 128
   data.patch.num_frames = 32
+  # Validation, test and prediction average the network's maps over T-frame windows starting every
+  # window_stride frames of the whole series (and at its end): pkd_jax.inference, the window rule.
+  data.window_stride = 4
   data.batch_size = 2  # examples per batch
+  # The network's input intensity (pkd_jax.data.preprocess.network_input): "hu" is
+  # clip(HU, -100, 700) / 100 (tissue enhancement of 10 HU is 0.1); "enhancement" keeps the
+  # pre-bolus frame 0 as anatomy and amplifies the enhancement over it 10x (10 HU is 1.0).
+  data.input_norm = "enhancement"
   data.num_workers = 0  # grain worker processes (0: prepare batches in the main process)
   # Map ranges (the data source's units): maps are divided by these for SSIM and the perceptual
   # loss, and metrics clip to them. Phantom: physiological ranges of its physical units (its Tmax
@@ -63,6 +74,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   model.up_impl = "conv_transpose"  # "conv_transpose" or "depth_to_space" (matmul + reshape)
   model.conv_impl = "conv3d"  # "conv3d" or "conv2d_sum" (three 2D convs over temporal shifts)
   model.dtype = "float32"  # computation dtype: "float32" or "bfloat16" (parameters stay float32)
+  # True: heads predict maps divided by data.map_ranges, multiplied back at the output (an
+  # ablation; False, the paper's plain heads, overfits one batch better: tests/test_train.py).
+  model.scale_outputs = False
   return model
 
 

@@ -1,10 +1,8 @@
 """Full-slice inference and the paper's metrics (RMSE, SSIM, PSNR) per case and map.
 
-Inference covers a whole slice at once: the V-Net is fully convolutional in H and W (any size
-divisible by 16), so a 256 x 256 slice needs no tiling. In time it takes the network's T frames
-(the training patch's, 32): the T-window rule is frames [0, T) of the slice degraded to the
-model's temporal factor, i.e. the start of the acquisition, where the bolus passes (the training
-crops are random T-frame windows of the same 40-frame series).
+Inference covers whole slices and the whole series by the window rule of
+:mod:`pkd_jax.inference` (the mean of the maps of T-frame windows at 0, 4, 8 of the 40-frame
+series degraded to the model's factor), the same rule as validation and prediction.
 
 Metrics (the paper's, section 2 of DESIGN.md): maps clipped to [0, range] of the data source
 (``config.data.map_ranges``), then per slice RMSE in the map's units, SSIM with a Gaussian window
@@ -14,47 +12,20 @@ case. Per-case values are kept, so that methods can be compared case by case.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from scipy import stats
 
-from pkd_jax import deconvolution, losses
+from pkd_jax import deconvolution, inference, losses
 from pkd_jax.data import pipeline, preprocess, temporal
-from pkd_jax.data.case import TARGET_MAPS
+from pkd_jax.data.case import TARGET_MAPS, TMAX_THRESHOLD_S
 
 METRICS = ("rmse", "ssim", "psnr")  # the paper's, over the whole slice
 BRAIN_METRICS = ("mae", "pearson", "spearman")  # inside the brain mask
-TMAX_THRESHOLD_S = 6.0  # RAPID's hypoperfusion volume: Tmax > 6 s
 CBF_FRACTION = 0.3  # RAPID's core: CBF below 30% of the healthy (contralateral) hemisphere's
-
-
-def slice_input(scan: np.ndarray, factor: int, num_frames: int) -> np.ndarray:
-  """(T_full, H, W) normalised slice -> the network's (num_frames, H, W, 1) input at factor."""
-  return temporal.degrade_np(scan, factor)[:num_frames, ..., None]
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _apply(variables, x, *, model):
-  maps, _ = model.apply(variables, x, train=False)
-  return maps
-
-
-def predict(model, variables, inputs: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
-  """Maps (N, H, W) for inputs (N, T, H, W, 1); the last batch is padded (one compiled shape)."""
-  outputs = []
-  for start in range(0, len(inputs), batch_size):
-    chunk = inputs[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-    maps = jax.device_get(_apply(variables, jnp.asarray(chunk), model=model))
-    outputs.append({k: v[:len(chunk) - pad] for k, v in maps.items()})
-  return {k: np.concatenate([o[k] for o in outputs]) for k in TARGET_MAPS}
 
 
 def slice_metrics(pred: np.ndarray, target: np.ndarray, data_range: float) -> dict[str, np.ndarray]:
@@ -178,8 +149,9 @@ def evaluate_variables(config: ml_collections.ConfigDict, model, variables, fact
   figures. records: the result of :func:`split_records`, to reuse across models.
   """
   records, voxel_ml, _ = split_records(config, split) if records is None else records
-  inputs = np.stack([slice_input(r["scan"], factor, config.data.patch.num_frames) for r in records])
-  preds = predict(model, variables, inputs, batch_size)
+  inputs = np.stack([inference.slice_input(r["scan"], factor, config.data.input_norm) for r in records])
+  preds = inference.predict(model, variables, inputs, config.data.patch.num_frames,
+                            config.data.window_stride, batch_size)
   result = score(records, preds, dict(config.data.map_ranges), voxel_ml)
   example = max(range(len(records)), key=lambda i: records[i]["brain_mask"].sum())
   result["example"] = {"truth": {k: records[example][k] for k in TARGET_MAPS},

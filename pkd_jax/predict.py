@@ -17,7 +17,7 @@ The scan (a 4D NIfTI file, or a case folder as :func:`pkd_jax.data.nifti.read_sc
 through exactly the training preprocessing: in-plane and temporal resampling to the geometry
 (:func:`pkd_jax.data.preprocess.preprocess_case`), intensity normalisation
 (:func:`~pkd_jax.data.preprocess.normalise_hu`), sample-and-hold to the run's temporal factor and the
-T-window rule of :func:`pkd_jax.evaluate.slice_input` (the first T frames). Every slice is predicted,
+window rule of :mod:`pkd_jax.inference` (the mean over T-frame windows covering the series). Every slice is predicted,
 in batches, and the maps are resampled back to the scan's in-plane shape (linear,
 :func:`~pkd_jax.data.preprocess.resample_inplane`, the inverse of the preprocessing's resampling).
 
@@ -49,7 +49,8 @@ from pkd_jax.errors import InputError, exit_on_input_error
 
 MAP_FILES = {key: f"{key}.nii.gz" for key in TARGET_MAPS}
 OVERVIEW_FILE = "overview.png"
-SPEC_KEYS = ("model", "filters", "num_frames", "factor")
+SPEC_KEYS = ("model", "filters", "num_frames", "factor", "frame_interval_s", "input_norm",
+             "scale_outputs", "map_ranges")
 MAX_OVERVIEW_SLICES = 4
 
 
@@ -58,7 +59,7 @@ class Run:
   """A trained model ready to predict: its spec (model.json), config, module and variables."""
 
   workdir: pathlib.Path
-  spec: dict[str, Any]  # model.json: model, filters, num_frames, factor
+  spec: dict[str, Any]  # model.json: pkd_jax.train.model_spec
   geometry: Geometry  # the preprocessing geometry the model was trained at
   config: Any  # ml_collections.ConfigDict rebuilt from the spec
   model: Any
@@ -125,6 +126,10 @@ def run_config(spec: dict[str, Any], geometry: Geometry = Geometry()):
     config.model.conv_impl = "conv2d_sum"
   config.data.height, config.data.width = geometry.height, geometry.width
   config.data.num_frames = geometry.num_frames
+  config.data.frame_interval_s = float(spec["frame_interval_s"])
+  config.data.input_norm = spec["input_norm"]
+  config.model.scale_outputs = bool(spec["scale_outputs"])
+  config.data.map_ranges.update({k: float(v) for k, v in spec["map_ranges"].items()})
   config.data.patch.num_frames = int(spec["num_frames"])
   config.data.patch.height = config.data.patch.width = 16  # parameters do not depend on it
   config.train.factor = int(spec["factor"])
@@ -141,6 +146,7 @@ def load_run(workdir: os.PathLike | str, geometry: Geometry = Geometry(),
   if which not in ("best", "latest"):
     raise InputError("checkpoint", f"must be 'best' or 'latest', got {which!r}")
   spec = read_spec(workdir)
+  geometry = dataclasses.replace(geometry, frame_interval_s=float(spec["frame_interval_s"]))
   _check_geometry(spec, geometry)
   config = run_config(spec, geometry)
   model = train.make_model(config)
@@ -179,7 +185,7 @@ def check_scan(case: Case, factor: int) -> None:
 def predict_case(run: Run, case: Case, factor: int | None = None,
                  batch_size: int = 4) -> dict[str, np.ndarray]:
   """Maps {tmax, cbv, cbf} (S, H, W) float32 at the case's own in-plane shape."""
-  from pkd_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from pkd_jax import inference  # pylint: disable=import-outside-toplevel
 
   factor = resolve_factor(run.spec, factor)
   check_scan(case, factor)
@@ -187,8 +193,9 @@ def predict_case(run: Run, case: Case, factor: int | None = None,
   prepared = preprocess.preprocess_case(case, run.geometry)
   scan = preprocess.normalise_hu(prepared.scan_hu)  # (S, T, h, w)
   num_frames = int(run.spec["num_frames"])
-  inputs = np.stack([evaluate.slice_input(s, factor, num_frames) for s in scan])
-  maps = evaluate.predict(run.model, run.variables, inputs, batch_size)
+  inputs = np.stack([inference.slice_input(s, factor, run.config.data.input_norm) for s in scan])
+  maps = inference.predict(run.model, run.variables, inputs, num_frames,
+                           run.config.data.window_stride, batch_size)
   return {k: preprocess.resample_inplane(np.asarray(maps[k], np.float32), height, width, order=1)
           for k in TARGET_MAPS}
 
@@ -387,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.batch_size < 1:
     raise InputError("--batch-size", f"must be positive, got {args.batch_size}")
   _enable_compilation_cache()
-  geometry = Geometry(args.height, args.width, args.frames)
+  geometry = Geometry(args.height, args.width, args.frames)  # time grid: the run's model.json
   folder, maps = predict_to_folder(args.workdir, args.input, args.output, args.temporal_factor,
                                    geometry, args.checkpoint, args.batch_size, args.overwrite)
   shape = maps[TARGET_MAPS[0]].shape

@@ -33,9 +33,9 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 from tqdm import tqdm
 
-from pkd_jax import distill, fileio, losses, models
+from pkd_jax import distill, fileio, inference, losses, models
 from pkd_jax.data import pipeline, temporal
-from pkd_jax.data.case import TARGET_MAPS
+from pkd_jax.data.case import TARGET_MAPS, TMAX_THRESHOLD_S
 from pkd_jax.errors import InputError, TrainingStopped
 from pkd_jax.models import vgg
 
@@ -78,9 +78,11 @@ def make_model(config: ml_collections.ConfigDict):
   if m.dtype not in dtypes:
     raise InputError("config.model.dtype", f"unknown dtype {m.dtype!r}; valid: {sorted(dtypes)}")
   try:
+    scales = (tuple(float(config.data.map_ranges[k]) for k in TARGET_MAPS)
+              if m.scale_outputs else None)
     return models.get_model(m.name, filters=m.filters, num_frames=config.data.patch.num_frames,
                             down_impl=m.down_impl, up_impl=m.up_impl, conv_impl=m.conv_impl,
-                            dtype=dtypes[m.dtype])
+                            dtype=dtypes[m.dtype], output_scales=scales)
   except ValueError as e:
     raise InputError("config.model", str(e)) from e
 
@@ -197,17 +199,28 @@ def train_step(state: TrainState, batch, teachers, perceptual, *, model, tx,
   return new_state, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("model", "loss_config"))
-def eval_step(state: TrainState, batch, perceptual, *, model, loss_config: LossConfig):
-  """Validation metrics of one batch: the loss terms and each map's MAE in its own units."""
-  maps, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["x"],
-                        train=False)
+@functools.partial(jax.jit, static_argnames=("model", "loss_config", "window_frames", "stride"))
+def eval_step(state: TrainState, batch, perceptual, *, model, loss_config: LossConfig,
+              window_frames: int, stride: int):
+  """Validation metrics of one batch of whole slices, predicted by the window rule
+  (pkd_jax.inference): the loss terms, each map's MAE and squared error in its own units, and
+  the counts for the Dice of the Tmax > 6 s region inside the brain (summed by :func:`evaluate`).
+  """
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  maps = inference.windowed_maps(model, variables, batch["x"], window_frames, stride)
   targets = {k: batch[k] for k in TARGET_MAPS}
   loss, metrics = losses.gt_loss(maps, targets, dict(loss_config.ranges),
                                  dict(loss_config.weights), perceptual)
   metrics = dict(metrics, loss=loss)
   for k in TARGET_MAPS:
     metrics[f"{k}/mae_units"] = jnp.mean(jnp.abs(maps[k] - targets[k]))
+    metrics[f"{k}/mse_units"] = jnp.mean(jnp.square(maps[k] - targets[k]))
+  brain = batch["brain_mask"] > 0
+  predicted = brain & (maps["tmax"] > TMAX_THRESHOLD_S)
+  truth = brain & (targets["tmax"] > TMAX_THRESHOLD_S)
+  metrics["count/tmax_gt6_both"] = jnp.sum(predicted & truth)
+  metrics["count/tmax_gt6_predicted"] = jnp.sum(predicted)
+  metrics["count/tmax_gt6_truth"] = jnp.sum(truth)
   return metrics
 
 
@@ -219,7 +232,7 @@ def device_batch(batch: dict[str, np.ndarray], factors, factor: int,
   if teacher_factors:
     out["teacher_x"] = np.stack([pipeline.scans_for_factor(batch, factors, f)
                                  for f in teacher_factors])
-  out.update({k: batch[k] for k in TARGET_MAPS})
+  out.update({k: batch[k] for k in (*TARGET_MAPS, "brain_mask")})
   return out
 
 
@@ -230,7 +243,10 @@ def device_batch(batch: dict[str, np.ndarray], factors, factor: int,
 def model_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """What a checkpoint holds: architecture and input; a workdir must not mix two of them."""
   return dict(model=config.model.name, filters=config.model.filters,
-              num_frames=config.data.patch.num_frames, factor=config.train.factor)
+              num_frames=config.data.patch.num_frames, factor=config.train.factor,
+              frame_interval_s=float(config.data.frame_interval_s),
+              input_norm=config.data.input_norm, scale_outputs=bool(config.model.scale_outputs),
+              map_ranges={k: float(config.data.map_ranges[k]) for k in TARGET_MAPS})
 
 
 def check_workdir_spec(workdir: str, spec: dict[str, Any]) -> None:
@@ -310,18 +326,40 @@ def load_variables(workdir: str, config: ml_collections.ConfigDict,
 # The loop.
 
 
-def _mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
-  return {k: float(np.mean([float(r[k]) for r in rows])) for k in rows[0]}
-
-
 def evaluate(state, datasets_val, config, model, loss_config, perceptual) -> dict[str, float]:
+  """Validation over whole slices by the window rule: mean loss terms and MAE, RMSE per map in
+  its units (over slices) and the Dice of Tmax > 6 s inside the brain (over all slices)."""
   rows = []
   for i, batch in enumerate(datasets_val):
     if config.train.eval_batches and i >= config.train.eval_batches:
       break
     rows.append(eval_step(state, device_batch(batch, config.data.factors, config.train.factor),
-                          perceptual, model=model, loss_config=loss_config))
-  return _mean_metrics(jax.device_get(rows))
+                          perceptual, model=model, loss_config=loss_config,
+                          window_frames=config.data.patch.num_frames,
+                          stride=config.data.window_stride))
+  rows = jax.device_get(rows)
+  counts = {k: float(np.sum([r[k] for r in rows])) for k in rows[0] if k.startswith("count/")}
+  out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not k.startswith("count/")}
+  for k in TARGET_MAPS:
+    out[f"{k}/rmse_units"] = float(np.sqrt(out.pop(f"{k}/mse_units")))
+  both, total = counts["count/tmax_gt6_both"], (counts["count/tmax_gt6_predicted"] +
+                                                counts["count/tmax_gt6_truth"])
+  out["tmax_gt6/dice"] = 2 * both / total if total else 1.0
+  return out
+
+
+VALIDATION_HISTORY_FILE = "validation.json"  # [{"step": ..., metric: value, ...}, ...]
+
+
+def _append_history(workdir: str, step: int, val: dict[str, float]) -> None:
+  """Adds a validation to workdir/validation.json (the learning curves), replacing any later
+  entries a resumed run recomputes."""
+  path = os.path.join(workdir, VALIDATION_HISTORY_FILE)
+  history = []
+  if os.path.exists(path):
+    with open(path) as f:
+      history = [h for h in json.load(f) if h["step"] < step]
+  fileio.write_json(path, history + [dict(step=step, **val)])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -402,7 +440,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             teaching=ocp.args.JsonSave(teaching.state_dict() if teaching else {})),
             metrics={"val_loss": val["loss"]})
         last_good = done
-        bar.write(f"step {done}: validation loss {val['loss']:.4f}")
+        _append_history(workdir, done, val)
+        bar.write(f"step {done}: validation loss {val['loss']:.4f}, Tmax RMSE "
+                  f"{val['tmax/rmse_units']:.2f} s, Tmax > 6 s Dice {val['tmax_gt6/dice']:.2f}")
   finally:
     manager.wait_until_finished()
     writer.close()

@@ -13,7 +13,7 @@ import pytest
 
 from configs import student as student_config
 from pkd_jax import distill, job, losses, train
-from pkd_jax.data import pipeline, temporal
+from pkd_jax.data import pipeline, preprocess, temporal
 from pkd_jax.errors import InputError
 from tests.helpers import config_with
 
@@ -119,6 +119,7 @@ def test_teacher_gets_the_same_crop_at_its_own_factor():
   for example in range(raw["scans"].shape[0]):
     case, slice_index, t0, y0, x0 = raw["origin"][example]
     scan = source[case * config.data.phantom.num_slices + slice_index]["scan"]
+    scan = preprocess.network_input(scan, config.data.input_norm)
     for k, factor in enumerate([8, 1]):
       expected = temporal.degrade_np(scan, factor)[t0:t0 + p.num_frames, y0:y0 + p.height,
                                                    x0:x0 + p.width]

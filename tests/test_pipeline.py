@@ -10,7 +10,8 @@ from configs import base
 from pkd_jax.data import nifti, phantom, pipeline, temporal
 from pkd_jax.errors import InputError
 
-CONFIG = phantom.PhantomConfig(height=32, width=32, num_frames=40, num_slices=2)
+CONFIG = phantom.PhantomConfig(height=32, width=32, num_frames=40, num_slices=2,
+                               frame_interval_s=(1.5, 1.5))  # on the time grid
 PATCH = pipeline.PatchSpec(16, 16, 32)
 FACTORS = (16, 4, 1)
 

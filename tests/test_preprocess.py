@@ -10,23 +10,55 @@ from pkd_jax.data import preprocess as pp
 from pkd_jax.errors import InputError
 
 
-def test_resample_time_interpolates_in_real_frame_times():
-  times = np.array([0.0, 1.0, 3.0, 4.0])  # irregular
+def test_resample_time_interpolates_in_real_frame_times_onto_the_grid():
+  times = np.array([2.0, 3.0, 5.0, 6.0])  # irregular, starting at 2 s
   scan = np.broadcast_to((2 * times + 1)[None, :, None, None], (1, 4, 2, 2)).astype(np.float32)
-  out, new_times = pp.resample_time(scan, times, 9, axis=1)
-  np.testing.assert_allclose(new_times, np.linspace(0, 4, 9))
-  np.testing.assert_allclose(out[0, :, 0, 0], 2 * new_times + 1, rtol=1e-6)  # linear is exact
+  out, grid = pp.resample_time(scan, times, 5, 0.5, axis=1)
+  np.testing.assert_allclose(grid, [0.0, 0.5, 1.0, 1.5, 2.0])  # seconds from the first frame
+  np.testing.assert_allclose(out[0, :, 0, 0], 2 * (grid + 2.0) + 1, rtol=1e-6)  # linear is exact
 
 
-def test_resample_time_leaves_uniform_scan_of_right_length_untouched():
+def test_resample_time_holds_the_last_frame_of_a_short_acquisition_and_cuts_a_long_one():
+  times = np.arange(4) * 2.0  # 0-6 s
+  scan = np.broadcast_to(times[None, :, None, None], (1, 4, 1, 1)).astype(np.float32)
+  short, grid = pp.resample_time(scan, times, 6, 1.5, axis=1)  # grid 0-7.5 s
+  np.testing.assert_allclose(short[0, :, 0, 0], [0.0, 1.5, 3.0, 4.5, 6.0, 6.0], rtol=1e-6)
+  long, _ = pp.resample_time(scan, times, 3, 1.0, axis=1)  # grid 0-2 s
+  np.testing.assert_allclose(long[0, :, 0, 0], [0.0, 1.0, 2.0], rtol=1e-6)
+
+
+def test_resample_time_leaves_a_scan_on_the_grid_untouched():
   scan = np.random.default_rng(0).normal(size=(1, 40, 3, 3)).astype(np.float32)
-  out, _ = pp.resample_time(scan, np.arange(40) * 1.3, 40, axis=1)
+  out, _ = pp.resample_time(scan, 10.0 + np.arange(40) * 1.3, 40, 1.3, axis=1)
   assert out is scan
 
 
-def test_resample_time_rejects_bad_times():
+def test_resample_time_rejects_bad_times_and_intervals():
   with pytest.raises(InputError, match="increasing"):
-    pp.resample_time(np.zeros((1, 3, 2, 2)), np.array([0.0, 2.0, 1.0]), 5, axis=1)
+    pp.resample_time(np.zeros((1, 3, 2, 2)), np.array([0.0, 2.0, 1.0]), 5, 1.0, axis=1)
+  with pytest.raises(InputError, match="positive"):
+    pp.resample_time(np.zeros((1, 3, 2, 2)), np.array([0.0, 1.0, 2.0]), 5, 0.0, axis=1)
+
+
+@pytest.mark.parametrize("interval", [1.0, 1.6])
+def test_any_frame_interval_lands_on_the_same_time_grid(interval):
+  """Defect 2: a frame means 1.5 s in every preprocessed scan, whatever the acquisition's interval.
+
+  The same noise-free phantom case acquired every 1.0 s or 1.6 s, once preprocessed, matches the
+  case generated directly on the 1.5 s grid (up to linear interpolation of the smooth curves).
+  """
+  common = dict(height=32, width=32, num_frames=40, num_slices=1, noise=False)
+  acquired = ph.generate_case(ph.PhantomConfig(frame_interval_s=(interval, interval), **common),
+                              3, 0)
+  on_grid = ph.generate_case(ph.PhantomConfig(frame_interval_s=(1.5, 1.5), **common), 3, 0)
+  out = pp.preprocess_case(acquired, pp.Geometry(32, 32, 40, 1.5))
+  np.testing.assert_allclose(out.frame_times_s, on_grid.frame_times_s - on_grid.frame_times_s[0])
+  span = 40 * 1.5 if interval >= 1.5 else 39 * interval  # acquired seconds (shorter: held)
+  covered = out.frame_times_s <= span
+  error = np.abs(out.scan_hu - on_grid.scan_hu)[:, covered]
+  enhancement = np.abs(on_grid.scan_hu - on_grid.scan_hu[:, :1]).max()
+  assert error.max() < 0.1 * enhancement
+  np.testing.assert_array_equal(out.maps["tmax"], on_grid.maps["tmax"])
 
 
 def test_resample_inplane_keeps_constant_and_mask_values():
@@ -61,5 +93,5 @@ def test_preprocess_case_reaches_geometry_and_estimates_mask():
   assert out.scan_hu.shape == (2, 40, 32, 32)
   assert out.maps["tmax"].shape == out.masks["brain"].shape == (2, 32, 32)
   assert out.masks["brain"].any()
-  assert out.frame_times_s[-1] == pytest.approx(case.frame_times_s[-1])
+  np.testing.assert_allclose(out.frame_times_s, np.arange(40) * 1.5)  # the default time grid
   assert out.params["original_shape"] == (2, 30, 64, 48)

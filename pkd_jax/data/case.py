@@ -27,6 +27,8 @@ MAP_UNITS = {
 }
 # The three maps the network predicts, in the paper's order.
 TARGET_MAPS = ("tmax", "cbv", "cbf")
+# RAPID's hypoperfusion threshold (Tmax > 6 s; Lansberg et al., DEFUSE 2).
+TMAX_THRESHOLD_S = 6.0
 
 
 @dataclasses.dataclass

@@ -50,14 +50,19 @@ class PhantomSlices:
   """Random access to the slices of phantom cases of one split, generated on demand.
 
   Record i is slice i % S of case SPLIT_OFFSETS[split] + i // S. The phantom is generated at the
-  preprocessing geometry, so preprocessing reduces to normalisation.
+  preprocessing geometry, on its time grid (config.frame_interval_s a single value), so
+  preprocessing reduces to normalisation.
   """
 
   def __init__(self, config: phantom.PhantomConfig, seed: int, split: str, num_cases: int,
                cache: bool = False):
     self.config, self.seed, self.num_cases = config, seed, num_cases
     self.case_indices = [_split_offset(split) + i for i in range(num_cases)]
-    self.geometry = preprocess.Geometry(config.height, config.width, config.num_frames)
+    low, high = config.frame_interval_s
+    if low != high:
+      raise ValueError(f"phantom slices for the network need one frame interval (the time grid), "
+                       f"got the range {config.frame_interval_s}")
+    self.geometry = preprocess.Geometry(config.height, config.width, config.num_frames, low)
     self._params: dict[int, dict[str, Any]] = {}  # case index -> case_parameters (small)
     self._cache: dict[int, dict[str, np.ndarray]] | None = {} if cache else None
 
@@ -171,11 +176,14 @@ class PatchSpec:
 class CropAndDegrade(grain.transforms.RandomMap):
   """Degrades each slice at every factor and crops the same patch from all of them."""
 
-  def __init__(self, factors: Sequence[int], patch: PatchSpec | None, random_crop: bool = True):
+  def __init__(self, factors: Sequence[int], patch: PatchSpec | None, random_crop: bool = True,
+               input_norm: str = "hu"):
     self.factors, self.patch, self.random_crop = tuple(factors), patch, random_crop
+    self.input_norm = input_norm
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    scan = record["scan"]
+    # The input transform is frame-wise given frame 0, so it commutes with the degradation.
+    scan = preprocess.network_input(record["scan"], self.input_norm)
     t, h, w = scan.shape
     ph, pw, pt = (h, w, t) if self.patch is None else (self.patch.height, self.patch.width,
                                                       self.patch.num_frames)
@@ -193,7 +201,7 @@ class CropAndDegrade(grain.transforms.RandomMap):
 
 
 def make_dataset(source, *, factors: Sequence[int], patch: PatchSpec | None, batch_size: int,
-                 seed: int, train: bool = True) -> grain.MapDataset:
+                 seed: int, train: bool = True, input_norm: str = "hu") -> grain.MapDataset:
   """The batched dataset over a slice source.
 
   train=True: shuffled (a new order every epoch), repeated forever, random crops, full batches.
@@ -210,7 +218,8 @@ def make_dataset(source, *, factors: Sequence[int], patch: PatchSpec | None, bat
   ds = grain.MapDataset.source(source)
   if train:
     ds = ds.seed(seed).shuffle().repeat(None)
-  ds = ds.random_map(CropAndDegrade(factors, patch, random_crop=train), seed=seed)
+  ds = ds.random_map(CropAndDegrade(factors, patch, random_crop=train, input_norm=input_norm),
+                     seed=seed)
   return ds.batch(batch_size, drop_remainder=train)
 
 
@@ -241,23 +250,27 @@ def make_source(data, split: str, seed: int):
   Phantom: ``data.num_cases[split]`` cases of the split's index range. NIfTI: the cases in
   ``data.root/<split>`` in ``data.layout``.
   """
-  if data.source == "phantom":
-    config = phantom.PhantomConfig(**data.phantom)
+  if data.source == "phantom":  # generated directly on the time grid
+    grid = (data.frame_interval_s, data.frame_interval_s)
+    config = phantom.PhantomConfig(**data.phantom, frame_interval_s=grid)
     return PhantomSlices(config, seed, split, data.num_cases[split], cache=data.cache)
   if data.source == "nifti":
-    geometry = preprocess.Geometry(data.height, data.width, data.num_frames)
+    geometry = preprocess.Geometry(data.height, data.width, data.num_frames, data.frame_interval_s)
     patterns = dict(data.patterns) or None
     return NiftiSlices(os.path.join(data.root, split), data.layout, patterns, geometry)
   raise InputError("config.data.source", f"unknown source {data.source!r}; valid: {SOURCES}")
 
 
 def make_dataset_from_config(data, split: str, seed: int, source=None) -> grain.MapDataset:
-  """make_dataset with the config's factors, patch and batch size; training order for 'train'.
+  """make_dataset with the config's factors and batch size: random patches in training order for
+  'train', whole slices in order for the other splits.
 
   source: the split's slice source if already made (else made here by make_source).
   """
   train = split == "train"
-  patch = PatchSpec(data.patch.height, data.patch.width, data.patch.num_frames)
+  # Training: random patches. Other splits: whole slices and whole series (the window rule of
+  # pkd_jax.inference then covers the series as at test time).
+  patch = PatchSpec(data.patch.height, data.patch.width, data.patch.num_frames) if train else None
   source = make_source(data, split, seed) if source is None else source
   return make_dataset(source, factors=data.factors, patch=patch, batch_size=data.batch_size,
-                      seed=seed, train=train)
+                      seed=seed, train=train, input_norm=data.input_norm)

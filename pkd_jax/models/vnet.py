@@ -299,6 +299,10 @@ class VNet(nn.Module):
     conv_impl: one of :data:`CONV_IMPLS`.
     dtype: computation dtype (parameters are always float32; outputs are float32).
     bn_momentum: BatchNorm running-average momentum (Flax convention: new = m * old + (1 - m) * x).
+    output_scales: each head's output is multiplied by its scale (tmax, cbv, cbf order), so the
+      layers work at unit scale while the maps come out in physical units (e.g. the data's map
+      ranges 20 s, 8, 100); None or 1s for the plain network. A reparametrisation: the parameter
+      count is unchanged.
   """
 
   filters: int = 16
@@ -308,6 +312,7 @@ class VNet(nn.Module):
   conv_impl: str = "conv3d"
   dtype: Dtype = jnp.float32
   bn_momentum: float = 0.9
+  output_scales: tuple[float, ...] | None = None
 
   def __post_init__(self):
     _check_choice("down_impl", self.down_impl, DOWN_IMPLS)
@@ -341,9 +346,10 @@ class VNet(nn.Module):
     self.check_input(x.shape)
     common = dict(conv_impl=self.conv_impl, dtype=self.dtype, bn_momentum=self.bn_momentum)
     feats = Encoder(self.filters, down_impl=self.down_impl, name="encoder", **common)(x, train)
+    scales = self.output_scales or (1.0,) * len(TARGET_MAPS)
     maps = {
-        name: DecoderHead(self.filters, up_impl=self.up_impl, name=f"head_{name}",
-                          **common)(feats, train)
-        for name in TARGET_MAPS
+        name: scale * DecoderHead(self.filters, up_impl=self.up_impl, name=f"head_{name}",
+                                  **common)(feats, train)
+        for name, scale in zip(TARGET_MAPS, scales)
     }
     return maps, {"bottleneck": feats[-1]}
