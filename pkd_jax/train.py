@@ -58,7 +58,7 @@ class LossConfig:
   ranges: tuple[tuple[str, float], ...]  # (('tmax', 20.0), ...)
   lambda_kd: float = 1.0  # L_KD = |f_s - f_t| + lambda_kd * L_map(y_s, y_t)
   lambda_total: float = 1.0  # L_total = L_GT + lambda_total * L_KD
-  kd_combine: str = "targets"  # several teachers: average "targets", or weight their "losses"
+  kd_combine: str = "targets"  # several teachers: "targets" or "losses" (pkd_jax.distill)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LossConfig":
@@ -142,7 +142,9 @@ def init_state(config, model, tx, seed: int) -> TrainState:
 
 def _kd(feature, maps, teachers, teacher_x, perceptual, student_features=None, *, model,
         loss_config: LossConfig):
-  """L_KD against K stacked, frozen teachers (see pkd_jax.distill for the combinations)."""
+  """L_KD against K stacked, frozen teachers (see pkd_jax.distill for the combinations):
+  "targets", the averaged teachers' maps and the weighted mean of per-teacher feature terms;
+  "losses", the weighted mean of per-teacher L_KD."""
   apply = lambda variables, x: model.apply(variables, x, train=False)
   teacher_maps, teacher_aux = jax.lax.stop_gradient(
       jax.vmap(apply)(teachers["variables"], teacher_x))  # each (K, B, ...)
@@ -152,9 +154,12 @@ def _kd(feature, maps, teachers, teacher_x, perceptual, student_features=None, *
                               perceptual=perceptual, lambda_kd=loss_config.lambda_kd,
                               student_features=student_features)
   average = lambda x: jnp.tensordot(weights, x.astype(jnp.float32), axes=1)
-  if loss_config.kd_combine == "targets":  # one loss against the averaged teacher
-    return kd_loss(feature, average(teacher_aux["bottleneck"]), maps,
-                   {k: average(v) for k, v in teacher_maps.items()})
+  if loss_config.kd_combine == "targets":  # maps: the averaged teacher's; features: per teacher
+    per_teacher_feature = jax.vmap(lambda f: losses.feature_loss(feature, f))(
+        teacher_aux["bottleneck"])
+    soft, _ = losses.gt_loss(maps, {k: average(v) for k, v in teacher_maps.items()}, ranges,
+                             term_weights, perceptual, student_features)
+    return losses.kd_from_terms(average(per_teacher_feature), soft, loss_config.lambda_kd)
   per_teacher = jax.vmap(lambda f, m: kd_loss(feature, f, maps, m))(teacher_aux["bottleneck"],
                                                                    teacher_maps)
   return jax.tree.map(average, per_teacher)  # the weighted mean of per-teacher losses
@@ -264,14 +269,25 @@ def check_workdir_spec(workdir: str, spec: dict[str, Any]) -> None:
   fileio.write_json(path, spec)
 
 
+def _val_loss(metrics) -> float:
+  """The quality of a checkpoint (lower is better): the validation loss saved with it."""
+  return float(metrics["val_loss"])
+
+
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """Latest `keep` checkpoints plus the best by validation loss, written atomically."""
+  """Latest `keep` checkpoints plus the best (lowest validation loss), written atomically.
+
+  orbax writes a checkpoint's metrics to disk, and ``best_step()`` ranks by them, only when the
+  options carry a ``best_fn``; without it ``best_step()`` is the latest step, and a reopened
+  manager (a resumed run) sees no metrics, so the keep policy deletes the best checkpoint.
+  """
   policy = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(n=keep),
-      checkpoint_managers.BestN(get_metric_fn=lambda m: -m["val_loss"], n=1,
+      checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
                                 keep_checkpoints_without_metrics=False),
   ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, cleanup_tmp_directories=True)
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_val_loss,
+                                         best_mode="min", cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options, item_names=("state", "data", "teaching"))
 
@@ -312,7 +328,13 @@ def load_variables(workdir: str, config: ml_collections.ConfigDict,
     raise InputError(workdir, "no trained model here (no model.json)")
   check_workdir_spec(workdir, model_spec(config))
   manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
-  step = (manager.best_step() if which == "best" else None) or manager.latest_step()
+  if which not in ("best", "latest"):
+    raise InputError("checkpoint", f"must be 'best' or 'latest', got {which!r}")
+  step = manager.best_step() if which == "best" else manager.latest_step()
+  if step is None and manager.latest_step() is not None:  # saved without validation metrics
+    step = manager.latest_step()
+    logging.warning("%s: no checkpoint has a saved validation loss; using the latest, step %d",
+                    workdir, step)
   if step is None:
     raise InputError(workdir, "holds no checkpoint")
   abstract = jax.eval_shape(lambda: init_state(config, model, tx, 0))
@@ -377,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model, tx = make_model(config), make_optimizer(config)
   loss_config = LossConfig.from_config(config)
   perceptual = make_perceptual(config)
-  source = pipeline.make_source(config.data, "train", config.seed)
+  source = pipeline.make_source(config.data, "train")  # the phantom: config.data.seed
   steps_per_epoch = max(1, len(source) // config.data.batch_size)  # an epoch: one pass over slices
   train_data = pipeline.make_dataset_from_config(config.data, "train", config.seed, source=source)
   val_data = pipeline.make_dataset_from_config(config.data, "validation", config.seed)

@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import teacher as teacher_config
@@ -151,3 +152,38 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, 
     train.train_and_evaluate(_config(), str(tmp_path))
   assert (tmp_path / "checkpoints" / "3").exists()
   assert not (tmp_path / "checkpoints" / "6").exists()
+
+
+def test_best_checkpoint_is_the_lowest_validation_loss_and_survives_the_keep_policy(tmp_path):
+  """Step 2 has the lowest validation loss: with keep=1 it must stay on disk, reopened managers
+  must call it best, and load_variables / predict's "best" must load it (not the latest)."""
+  config = _config()
+  model, tx = train.make_model(config), train.make_optimizer(config)
+  state = train.init_state(config, model, tx, 0)
+  train.check_workdir_spec(str(tmp_path), train.model_spec(config))
+  manager = train.checkpoint_manager(str(tmp_path), keep=1)
+  val_losses = {1: 3.0, 2: 1.0, 3: 2.0, 4: 2.5, 5: 4.0}
+
+  def save(manager, step, val_loss):
+    saved = state.replace(step=np.int32(step),
+                          params=jax.tree.map(lambda x: x + step, state.params))
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(saved), data=ocp.args.JsonSave({}),
+        teaching=ocp.args.JsonSave({})), metrics={"val_loss": val_loss})
+    manager.wait_until_finished()
+
+  on_disk = lambda: sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
+                           if p.name.isdigit())
+  for step, val_loss in val_losses.items():
+    save(manager, step, val_loss)
+  manager.close()
+  assert on_disk() == [2, 5]  # the best and the latest 1
+  reopened = train.checkpoint_manager(str(tmp_path), keep=1)  # as a resumed run does
+  assert reopened.best_step() == 2 and reopened.latest_step() == 5
+  save(reopened, 6, 5.0)
+  reopened.close()
+  assert on_disk() == [2, 6]
+  for which, step in (("best", 2), ("latest", 6)):
+    loaded = train.load_variables(str(tmp_path), config, which)
+    for a, b in zip(_leaves(loaded["params"]), _leaves(state.params)):
+      np.testing.assert_allclose(a, b + step, rtol=1e-6)
