@@ -14,6 +14,9 @@ SCALES = ("test", "demo", "paper")
 def get_data_config() -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict()
   data.source = "phantom"  # "phantom" (built-in, exact ground truth) or "nifti" (files on disk)
+  # Seeds the phantom cases, which the splits share (disjoint case indices): the data stays the
+  # same when config.seed (initialisation, shuffling, crops) changes, e.g. MTKD's teachers.
+  data.seed = 0
   # Phantom (pkd_jax.data.phantom.PhantomConfig); generated directly at the preprocessed geometry.
   data.phantom = ml_collections.ConfigDict()
   data.phantom.height = 256  # in-plane rows, as the paper's preprocessed scans
@@ -112,7 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   config = ml_collections.ConfigDict()
   config.role = "teacher"  # what main.py runs: "teacher"
-  config.seed = 0  # seeds the phantom, the initialisation, the shuffling and the crops
+  config.seed = 0  # seeds the initialisation, the shuffling and the crops (data.seed: the phantom)
   config.data = get_data_config()
   config.model = get_model_config()
   config.loss = get_loss_config()

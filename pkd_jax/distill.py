@@ -2,16 +2,26 @@
 
 Every strategy runs through one code path: the train step receives K teachers' variables stacked
 on a leading axis, their inputs (each at its own temporal factor, the same crop as the student's)
-and K weights (see :func:`active_teachers`, :func:`teacher_weights`); the KD loss combines the teachers either by averaging their targets ("targets":
-MTKD, and K = 1) or by a weighted mean of per-teacher KD losses ("losses": DGKD). What changes
-between strategies is only which teachers there are and how their weights evolve, decided here on
-the host:
+and K weights (see :func:`active_teachers`, :func:`teacher_weights`). The KD loss
+L_KD = feature + lambda_kd * L_map combines the teachers in one of two ways:
+
+* "targets" (MTKD, and K = 1): the map term scores the student against the weighted average of
+  the teachers' maps (soft targets in physical units, so they can be averaged), while the feature
+  term is the weighted mean over teachers of mean |f_s - f_k|, the student's bottleneck against
+  each teacher's own. Teachers initialised independently have unaligned feature spaces (the same
+  features permuted or negated serve as well), so averaging their bottlenecks would give a target
+  no teacher has (two teachers with f and -f average to 0).
+* "losses" (DGKD): the weighted mean of per-teacher KD losses, both terms per teacher.
+
+With one teacher both are the paper's L_KD. What changes between strategies is only which
+teachers there are and how their weights evolve, decided here on the host:
 
 * ``none``: the student alone ("w/o PKD"), no teacher.
 * ``kd``: one full-resolution teacher throughout (Hinton et al. 2015).
 * ``takd``: a teacher assistant at 1/4, itself distilled from the full teacher, teaches the
   student (Mirzadeh et al., AAAI 2020).
-* ``mtkd``: three full-resolution teachers of different seeds, their targets averaged.
+* ``mtkd``: three full-resolution teachers of different initialisation seeds, trained on the same
+  data (config.data.seed), their maps averaged and their features matched one by one.
 * ``dgkd``: teachers 1/8, 1/4, 1/2 and full all at once; each step a random ``dgkd_drop`` of them
   is dropped (Son et al., ICCV 2021, "Densely guided knowledge distillation").
 * ``pkd``: the paper's progressive distillation: teachers 1/8 -> 1/4 -> 1/2 -> full, moving on when
@@ -75,7 +85,8 @@ def teachers_for(strategy: str, student_factor: int, seeds: Sequence[int] = (0, 
 
 
 def combine_mode(strategy: str) -> str:
-  """How the KD loss combines several teachers: "targets" (averaged) or "losses" (weighted)."""
+  """How the KD loss combines several teachers: "targets" (averaged maps, per-teacher feature
+  term) or "losses" (weighted per-teacher losses); see the module docstring."""
   return "losses" if strategy == "dgkd" else "targets"
 
 

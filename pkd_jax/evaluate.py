@@ -108,7 +108,7 @@ def score(records: Sequence[dict[str, Any]], preds: dict[str, np.ndarray],
 
 def split_records(config: ml_collections.ConfigDict, split: str = "test"):
   """(records, voxel volume in ml per case, case info per case) of every slice of a split."""
-  source = pipeline.make_source(config.data, split, config.seed)
+  source = pipeline.make_source(config.data, split)
   records = [source[i] for i in range(len(source))]
   num_cases = len({r["case"] for r in records})
   return (records, [source.voxel_ml(c) for c in range(num_cases)],

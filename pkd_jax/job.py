@@ -31,7 +31,9 @@ def teacher_config(config: ml_collections.ConfigDict, spec: TeacherSpec) -> ml_c
   """The config of one teacher, derived from the student's (same data, model and loss settings).
 
   A plain teacher trains on the ground truth at its factor; the teacher assistant is a student of
-  the full-resolution teacher (strategy kd) at its factor.
+  the full-resolution teacher (strategy kd) at its factor. A spec's seed changes only config.seed
+  (initialisation, shuffling, crops): every teacher trains on the same phantom cases
+  (config.data.seed), so MTKD's teachers differ by their initialisation alone.
   """
   t = copy.deepcopy(config)
   with t.unlocked():

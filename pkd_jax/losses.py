@@ -222,6 +222,23 @@ def gt_loss(preds: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
   return total, metrics
 
 
+def feature_loss(student_feature: jax.Array, teacher_feature: jax.Array) -> jax.Array:
+  """The feature term of L_KD: mean |f_s - f_t| over the bottleneck features (a scalar)."""
+  return jnp.mean(jnp.abs(student_feature.astype(jnp.float32) -
+                          teacher_feature.astype(jnp.float32)))
+
+
+def kd_from_terms(feature: jax.Array, soft: jax.Array, lambda_kd: float
+                  ) -> tuple[jax.Array, dict]:
+  """L_KD = feature + lambda_kd * soft from its two terms, with :func:`kd_loss`'s metrics.
+
+  For combinations that compute the terms separately (pkd_jax.distill: MTKD's per-teacher
+  feature term with the averaged teachers' maps).
+  """
+  loss = feature + lambda_kd * soft
+  return loss, {"kd/feature": feature, "kd/maps": soft, "kd": loss}
+
+
 def kd_loss(student_feature: jax.Array, teacher_feature: jax.Array,
             student_maps: Mapping[str, jax.Array], teacher_maps: Mapping[str, jax.Array],
             ranges: Mapping[str, float], weights: Mapping[str, float],
@@ -237,8 +254,6 @@ def kd_loss(student_feature: jax.Array, teacher_feature: jax.Array,
   Returns:
     (loss, metrics) with metrics {'kd/feature', 'kd/maps', 'kd'}.
   """
-  feature = jnp.mean(jnp.abs(student_feature.astype(jnp.float32) -
-                             teacher_feature.astype(jnp.float32)))
+  feature = feature_loss(student_feature, teacher_feature)
   soft, _ = gt_loss(student_maps, teacher_maps, ranges, weights, perceptual, student_features)
-  loss = feature + lambda_kd * soft
-  return loss, {"kd/feature": feature, "kd/maps": soft, "kd": loss}
+  return kd_from_terms(feature, soft, lambda_kd)

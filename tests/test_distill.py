@@ -78,13 +78,13 @@ def _model_and_teachers(config, seeds):
 
 
 def _batch(config):
-  source = pipeline.make_source(config.data, "train", config.seed)
+  source = pipeline.make_source(config.data, "train")
   dataset = pipeline.make_dataset_from_config(config.data, "train", config.seed, source=source)
   return next(pipeline.make_iterator(dataset)), source
 
 
 @pytest.mark.parametrize("combine", ["targets", "losses"])
-def test_mtkd_averages_targets_and_dgkd_weights_losses(combine):
+def test_mtkd_averages_map_targets_and_dgkd_weights_losses(combine):
   config = _config()
   model, _, variables = _model_and_teachers(config, (1, 2, 3))
   raw, _ = _batch(config)
@@ -100,15 +100,58 @@ def test_mtkd_averages_targets_and_dgkd_weights_losses(combine):
   outputs = [model.apply(v, x, train=False) for v, x in zip(variables.values(), batch["teacher_x"])]
   kd_loss = functools.partial(losses.kd_loss, ranges=dict(loss_config.ranges),
                               weights=dict(loss_config.weights), perceptual=None, lambda_kd=0.7)
-  if combine == "targets":  # MTKD: one loss against the averaged targets
-    feature = sum(w * o[1]["bottleneck"] for w, o in zip(weights, outputs))
+  if combine == "targets":  # MTKD: the averaged teachers' maps, each teacher's own features
+    feature = sum(w * losses.feature_loss(aux["bottleneck"], o[1]["bottleneck"])
+                  for w, o in zip(weights, outputs))
     avg_maps = {k: sum(w * o[0][k] for w, o in zip(weights, outputs)) for k in maps}
-    expected, _ = kd_loss(aux["bottleneck"], feature, maps, avg_maps)
+    expected = feature + 0.7 * losses.gt_loss(maps, avg_maps, dict(loss_config.ranges),
+                                               dict(loss_config.weights), None)[0]
   else:  # DGKD: the weighted mean of per-teacher losses; the dropped teacher counts for nothing
     expected = sum(w * kd_loss(aux["bottleneck"], o[1]["bottleneck"], maps, o[0])[0]
                    for w, o in zip(weights, outputs))
   np.testing.assert_allclose(float(kd), float(expected), rtol=1e-5)
   np.testing.assert_allclose(float(metrics["kd"]), float(kd), rtol=1e-6)
+
+
+def test_mtkd_teachers_train_on_the_same_phantom_cases_from_different_initialisations():
+  config = _config("mtkd,test")
+  specs = distill.teachers_for("mtkd", 16, config.distill.mtkd_seeds)
+  configs = [job.teacher_config(config, spec) for spec in specs]
+  assert len({c.seed for c in configs}) == len(specs)  # initialisation, shuffling, crops differ
+  assert {c.data.seed for c in configs} == {config.data.seed}
+  sources = [pipeline.make_source(c.data, "train") for c in configs]  # as train_and_evaluate
+  for record in range(len(sources[0])):
+    first = sources[0][record]
+    for other in sources[1:]:
+      for key in ("scan", "tmax", "cbv", "cbf", "brain_mask"):
+        np.testing.assert_array_equal(other[record][key], first[key])
+
+
+class _FixedOutputs:
+  """A stand-in network whose "variables" are its outputs: (maps, {"bottleneck": f})."""
+
+  def apply(self, variables, x, train):
+    del x, train
+    return variables["maps"], {"bottleneck": variables["bottleneck"]}
+
+
+def test_mtkd_feature_term_is_per_teacher_not_against_the_averaged_features():
+  """Teachers with bottlenecks f and -f average to 0; their feature spaces are not aligned, so the
+  student must be scored against each one's own bottleneck: mean |0 - f| = mean |f|, not 0."""
+  rng = np.random.default_rng(0)
+  f = rng.normal(size=(1, 2, 2, 2, 8)).astype(np.float32)
+  maps = {k: rng.uniform(0.1, 0.9, size=(1, 16, 16)).astype(np.float32) for k in ("tmax", "cbv", "cbf")}
+  teachers = {"variables": {"maps": {k: np.stack([v, v]) for k, v in maps.items()},
+                            "bottleneck": np.stack([f, -f])},
+              "weights": np.array([0.5, 0.5], np.float32)}
+  ranges = (("tmax", 1.0), ("cbv", 1.0), ("cbf", 1.0))
+  loss_config = train.LossConfig((("mae", 1.0), ("ssim", 1.0), ("perceptual", 0.0)), ranges,
+                                 lambda_kd=0.7, kd_combine="targets")
+  kd, metrics = train._kd(np.zeros_like(f), maps, teachers, np.zeros((2, 1, 1)), None,  # pylint: disable=protected-access
+                          model=_FixedOutputs(), loss_config=loss_config)
+  np.testing.assert_allclose(float(metrics["kd/feature"]), np.mean(np.abs(f)), rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["kd/maps"]), 0.0, atol=1e-6)  # identical maps
+  np.testing.assert_allclose(float(kd), np.mean(np.abs(f)), rtol=1e-5)
 
 
 def test_teacher_gets_the_same_crop_at_its_own_factor():

@@ -121,7 +121,7 @@ def test_config_builds_pipeline_and_rejects_unknown_source():
   with config.unlocked():
     config.data.source = "dicom"
   with pytest.raises(InputError, match="unknown source 'dicom'"):
-    pipeline.make_source(config.data, "train", 0)
+    pipeline.make_source(config.data, "train")
 
 
 @pytest.mark.slow

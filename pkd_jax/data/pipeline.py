@@ -244,16 +244,17 @@ def scans_for_factor(batch: dict[str, Any], factors: Sequence[int], factor: int)
 SOURCES = ("phantom", "nifti")
 
 
-def make_source(data, split: str, seed: int):
+def make_source(data, split: str):
   """The slice source of one split from a data config (configs/base.py, ``config.data``).
 
-  Phantom: ``data.num_cases[split]`` cases of the split's index range. NIfTI: the cases in
-  ``data.root/<split>`` in ``data.layout``.
+  Phantom: ``data.num_cases[split]`` cases of the split's index range, generated from
+  ``data.seed`` (the data seed, not ``config.seed``: models of different initialisation seeds
+  see the same cases). NIfTI: the cases in ``data.root/<split>`` in ``data.layout``.
   """
   if data.source == "phantom":  # generated directly on the time grid
     grid = (data.frame_interval_s, data.frame_interval_s)
     config = phantom.PhantomConfig(**data.phantom, frame_interval_s=grid)
-    return PhantomSlices(config, seed, split, data.num_cases[split], cache=data.cache)
+    return PhantomSlices(config, int(data.seed), split, data.num_cases[split], cache=data.cache)
   if data.source == "nifti":
     geometry = preprocess.Geometry(data.height, data.width, data.num_frames, data.frame_interval_s)
     patterns = dict(data.patterns) or None
@@ -265,12 +266,13 @@ def make_dataset_from_config(data, split: str, seed: int, source=None) -> grain.
   """make_dataset with the config's factors and batch size: random patches in training order for
   'train', whole slices in order for the other splits.
 
+  seed: seeds the shuffling and the crops (the phantom's cases come from data.seed).
   source: the split's slice source if already made (else made here by make_source).
   """
   train = split == "train"
   # Training: random patches. Other splits: whole slices and whole series (the window rule of
   # pkd_jax.inference then covers the series as at test time).
   patch = PatchSpec(data.patch.height, data.patch.width, data.patch.num_frames) if train else None
-  source = make_source(data, split, seed) if source is None else source
+  source = make_source(data, split) if source is None else source
   return make_dataset(source, factors=data.factors, patch=patch, batch_size=data.batch_size,
                       seed=seed, train=train, input_norm=data.input_norm)
