@@ -37,18 +37,22 @@ def get_config(arg: str | None = None):
   d.lambda_kd = 1.0
   d.lambda_total = 1.0
   # PKD: the next teacher takes over when the epoch-mean KD loss has not decreased by more than
-  # min_delta for `patience` epochs (the paper: 5), or after max_epochs_per_stage (0: no cap).
-  # An epoch is one pass over the training slices: (train cases x slices) // batch_size steps.
+  # min_delta for `patience` epochs (the paper: 5, at every scale), or after max_epochs_per_stage
+  # (0: no cap; else a safety net, well beyond patience + 1). schedule.json says which rule fired.
+  # An epoch is one pass over the training slices, (train cases x slices) // batch_size steps, or
+  # epoch_steps steps if that is set (> 0): the demo's 300 steps are 12.5 passes, too few for 4
+  # teachers x (patience + 1) epochs, so its schedule counts epochs of 8 steps (37 in the run).
   d.patience = 5
   d.min_delta = 0.0
   d.max_epochs_per_stage = 0
+  d.epoch_steps = 0
   d.dgkd_drop = 1  # DGKD: teachers dropped at random each step (of 4)
   d.mtkd_seeds = (0, 1, 2)  # MTKD: seeds of the three full-resolution teachers
   d.teachers_dir = ""  # another folder to look for trained teachers in (before WORKDIR/teachers)
   d.teacher_steps = 0  # optimiser steps of each teacher trained here (0: train.steps)
-  if scale == "test":
-    d.patience, d.max_epochs_per_stage = 1, 1
-  elif scale == "demo":
-    d.patience, d.max_epochs_per_stage = 2, 3
+  if scale == "test":  # seconds: the cap switches every epoch (2 steps), patience never can
+    d.max_epochs_per_stage = 1
+  elif scale == "demo":  # 24 steps per pass; 8-step epochs, a cap of 3 x patience (120 steps)
+    d.epoch_steps, d.max_epochs_per_stage = 8, 15
   config.lock()
   return config

@@ -26,7 +26,9 @@ teachers there are and how their weights evolve, decided here on the host:
   is dropped (Son et al., ICCV 2021, "Densely guided knowledge distillation").
 * ``pkd``: the paper's progressive distillation: teachers 1/8 -> 1/4 -> 1/2 -> full, moving on when
   the epoch-mean KD loss has not decreased (by more than ``min_delta``) for ``patience`` epochs,
-  or after ``max_epochs_per_stage`` epochs if set; after the last teacher, training goes on.
+  or after ``max_epochs_per_stage`` epochs if set (a safety net); after the last teacher, training
+  goes on. An epoch is one pass over the training slices, or ``distill.epoch_steps`` steps if set
+  (pkd_jax.train.schedule_epoch_steps).
 
 Teachers are named by :class:`TeacherSpec` (factor, seed, and whether it is a distilled teacher
 assistant); the job (pkd_jax.job) finds or trains each one.
@@ -96,7 +98,9 @@ class PKDSchedule:
 
   ``end_epoch`` advances to the next teacher when the KD loss has not decreased by more than
   min_delta for `patience` consecutive epochs (or the stage reached max_epochs_per_stage epochs,
-  if that is set); the history records when each teacher took over and why.
+  if that is set: a safety net); the history records when each teacher took over, which rule
+  fired ("rule": "start" for the first teacher, then "patience" or "cap"; patience wins when
+  both hold) and why ("reason", in words).
   """
 
   num_stages: int
@@ -113,7 +117,7 @@ class PKDSchedule:
     if self.patience < 1:
       raise InputError("config.distill.patience", f"must be at least 1, got {self.patience}")
     if not self.history:
-      self.history.append(dict(stage=0, step=0, epoch=0, reason="first teacher"))
+      self.history.append(dict(stage=0, step=0, epoch=0, rule="start", reason="first teacher"))
 
   def end_epoch(self, epoch: int, step: int, kd_loss: float) -> bool:
     """Feeds one epoch's mean KD loss; returns True if the next teacher takes over now."""
@@ -125,15 +129,16 @@ class PKDSchedule:
     if self.stage + 1 >= self.num_stages:
       return False
     if self.epochs_without_improvement >= self.patience:
-      reason = (f"KD loss did not decrease for {self.patience} epochs "
-                f"(best {self.best:.5g}, last {kd_loss:.5g})")
+      rule, reason = "patience", (f"KD loss did not decrease for {self.patience} epochs "
+                                  f"(best {self.best:.5g}, last {kd_loss:.5g})")
     elif self.max_epochs_per_stage and self.epochs_in_stage >= self.max_epochs_per_stage:
-      reason = f"stage reached its cap of {self.max_epochs_per_stage} epochs"
+      rule, reason = "cap", (f"stage reached its cap of {self.max_epochs_per_stage} epochs "
+                             f"(best {self.best:.5g}, last {kd_loss:.5g})")
     else:
       return False
     self.stage += 1
     self.best, self.epochs_without_improvement, self.epochs_in_stage = math.inf, 0, 0
-    self.history.append(dict(stage=self.stage, step=step, epoch=epoch, reason=reason))
+    self.history.append(dict(stage=self.stage, step=step, epoch=epoch, rule=rule, reason=reason))
     return True
 
   def state_dict(self) -> dict[str, Any]:
@@ -233,7 +238,7 @@ class Teaching:
   def history(self) -> list[dict[str, Any]]:
     """When each teacher took over, and why."""
     if self.strategy != "pkd":
-      return [dict(stage=0, step=0, epoch=0, reason="all teachers throughout",
+      return [dict(stage=0, step=0, epoch=0, rule="start", reason="all teachers throughout",
                    teacher=self.describe())]
     return [dict(h, teacher=self.teachers[h["stage"]].name) for h in self.schedule.history]
 

@@ -370,6 +370,21 @@ def evaluate(state, datasets_val, config, model, loss_config, perceptual) -> dic
   return out
 
 
+def schedule_epoch_steps(config: ml_collections.ConfigDict, num_records: int) -> int:
+  """Steps per epoch of a distillation schedule (PKD's patience counts these epochs).
+
+  config.distill.epoch_steps if set (> 0), else one pass over the num_records training slices:
+  num_records // batch_size steps (at least 1).
+  """
+  distill_config = config.get("distill")
+  if distill_config is not None and distill_config.get("epoch_steps", 0):
+    if int(distill_config.epoch_steps) < 0:
+      raise InputError("config.distill.epoch_steps",
+                       f"must be 0 (one pass) or positive, got {distill_config.epoch_steps}")
+    return int(distill_config.epoch_steps)
+  return max(1, num_records // config.data.batch_size)
+
+
 VALIDATION_HISTORY_FILE = "validation.json"  # [{"step": ..., metric: value, ...}, ...]
 
 
@@ -400,7 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   loss_config = LossConfig.from_config(config)
   perceptual = make_perceptual(config)
   source = pipeline.make_source(config.data, "train")  # the phantom: config.data.seed
-  steps_per_epoch = max(1, len(source) // config.data.batch_size)  # an epoch: one pass over slices
+  steps_per_epoch = schedule_epoch_steps(config, len(source))  # the distillation schedule's
   train_data = pipeline.make_dataset_from_config(config.data, "train", config.seed, source=source)
   val_data = pipeline.make_dataset_from_config(config.data, "validation", config.seed)
   iterator = pipeline.make_iterator(train_data, num_workers=config.data.num_workers)

@@ -49,6 +49,40 @@ def test_schedule_min_delta_cap_and_last_stage():
   assert "cap of 2 epochs" in capped.history[1]["reason"]
 
 
+def test_schedule_never_switches_by_patience_while_the_kd_loss_decreases():
+  decreasing = [1.0 / epoch for epoch in range(1, 61)]
+  schedule = distill.PKDSchedule(num_stages=4, patience=5)
+  assert not any(schedule.end_epoch(e, e, v) for e, v in enumerate(decreasing, 1))
+  assert schedule.stage == 0
+  capped = distill.PKDSchedule(num_stages=4, patience=5, max_epochs_per_stage=15)
+  switched = [e for e, v in enumerate(decreasing, 1) if capped.end_epoch(e, e, v)]
+  assert switched == [15, 30, 45]
+  assert [h["rule"] for h in capped.history] == ["start", "cap", "cap", "cap"]
+
+
+def test_schedule_switches_by_patience_after_exactly_patience_epochs_of_a_flat_loss():
+  schedule = distill.PKDSchedule(num_stages=4, patience=5, max_epochs_per_stage=50)
+  switched = [e for e in range(1, 21) if schedule.end_epoch(e, 10 * e, 1.0)]
+  # Each stage's first epoch sets its best; the next 5 do not decrease it: switch at its 6th.
+  assert switched == [6, 12, 18]
+  assert [h["rule"] for h in schedule.history] == ["start", "patience", "patience", "patience"]
+  assert schedule.history[1]["epoch"] == 6 and schedule.history[1]["step"] == 60
+
+
+@pytest.mark.parametrize("scale", ["demo", "paper"])
+def test_pkd_patience_decides_at_demo_and_paper_scale(scale):
+  """The paper's patience (5); a schedule epoch short enough that patience can move through all
+  four teachers within the run, and any cap well beyond what patience needs."""
+  config = _config(f"pkd,{scale}")
+  d = config.distill
+  assert d.patience >= 5
+  source = pipeline.make_source(config.data, "train")
+  epoch_steps = train.schedule_epoch_steps(config, len(source))
+  num_stages = len(distill.teachers_for("pkd", config.train.factor))
+  assert config.train.steps // epoch_steps >= num_stages * (d.patience + 1)
+  assert d.max_epochs_per_stage == 0 or d.max_epochs_per_stage >= 2 * (d.patience + 1)
+
+
 def test_schedule_state_round_trips():
   schedule = distill.PKDSchedule(num_stages=4, patience=2)
   for epoch, value in enumerate([1.0, 1.0, 1.0, 0.5], 1):
@@ -192,6 +226,7 @@ def test_pkd_run_compiles_once_keeps_teachers_frozen_and_resumes_in_stage(tmp_pa
     np.testing.assert_array_equal(a, b)
   history = json.loads((tmp_path / "straight" / "schedule.json").read_text())
   assert [h["teacher"] for h in history] == ["x8", "x4", "x2", "x1"]
+  assert [h["rule"] for h in history] == ["start", "cap", "cap", "cap"]  # test scale: 1-epoch cap
   # Crash after the checkpoint at step 4 (stage 2), resume: same stage, same end.
   real_step, calls = train.train_step, []
 
