@@ -1,14 +1,14 @@
 """Base configuration shared by every role: data, model, losses, optimiser, training loop.
 
 Role configs (configs/teacher.py, ...) start from :func:`get_config` and select a scale with
-:func:`apply_scale`: "test" (seconds, for the test suite), "demo" (minutes on a laptop CPU) or
-"paper" (the paper's sizes and 80,000 iterations). Any field can be overridden on the command
+:func:`apply_scale`: "test" (seconds, for the test suite), "demo" (minutes on a laptop CPU), "mini"
+(one teacher that learns the lesions in 20 minutes on 2 CPU cores) or "paper" (the paper's sizes and 80,000 iterations). Any field can be overridden on the command
 line, e.g. ``--config.train.steps=100``; a key that does not exist is an error.
 """
 
 import ml_collections
 
-SCALES = ("test", "demo", "paper")
+SCALES = ("test", "demo", "mini", "paper")
 
 
 def get_data_config() -> ml_collections.ConfigDict:
@@ -89,6 +89,8 @@ def get_loss_config() -> ml_collections.ConfigDict:
   loss.mae = 1.0
   loss.ssim = 1.0
   loss.perceptual = 1.0
+  # Mean squared error weight (not in the paper: 0 is the paper's loss). See losses.map_loss.
+  loss.mse = 0.0
   # Perceptual features: "" for a fixed seeded random VGG16 (Liu et al., CVPR 2021), or a .npz
   # of torchvision's ImageNet VGG16 (python -m pkd_jax.models.vgg convert vgg16.pth vgg16.npz).
   loss.perceptual_weights = ""
@@ -138,6 +140,18 @@ def apply_scale(config: ml_collections.ConfigDict, scale: str) -> ml_collections
     model.filters = 4
     config.loss.perceptual = 0.0
     train.steps, train.eval_every, train.log_every = 6, 3, 1
+  elif scale == "mini":  # one full-resolution teacher in <= 20 min on 2 CPU cores that learns
+    # the lesions (experiments/teacher_mini.py): the demo's sizes with 4x the cases, 10x the steps
+    # and the MSE term (losses.map_loss: without it the network predicts the healthy median).
+    data.phantom.height = data.phantom.width = 64
+    data.phantom.num_slices = 4
+    data.patch.height = data.patch.width = 32
+    data.patch.num_frames = 32
+    data.num_cases.train, data.num_cases.validation, data.num_cases.test = 48, 4, 16
+    data.cache = True
+    model.filters = 4
+    config.loss.mse = 10.0
+    train.steps, train.eval_every, train.log_every = 3000, 250, 25
   elif scale == "demo":  # minutes on a laptop CPU: 64 x 64 slices, 32 x 32 x 32 patches
     data.phantom.height = data.phantom.width = 64
     data.phantom.num_slices = 4

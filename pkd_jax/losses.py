@@ -26,7 +26,8 @@ from pkd_jax.models.vgg import FEATURE_LAYERS, PerceptualNet
 
 # The maps summed into L_GT, in the paper's order (same as pkd_jax.data.case.TARGET_MAPS).
 MAP_KEYS = TARGET_MAPS  # ("tmax", "cbv", "cbf")
-WEIGHT_KEYS = ("mae", "ssim", "perceptual")
+WEIGHT_KEYS = ("mae", "ssim", "perceptual")  # the paper's terms, all required
+OPTIONAL_WEIGHT_KEYS = ("mse",)  # a departure from the paper, 0 when absent
 SSIM_FILTER_SIZE = 11  # Gaussian window, as in Wang et al. 2004 and the paper's evaluation
 SSIM_FILTER_SIGMA = 1.5
 
@@ -124,7 +125,7 @@ def _is_zero(weight) -> bool:
 
 def _check_weights(weights: Mapping[str, float]) -> None:
   missing = [k for k in WEIGHT_KEYS if k not in weights]
-  unknown = [k for k in weights if k not in WEIGHT_KEYS]
+  unknown = [k for k in weights if k not in WEIGHT_KEYS + OPTIONAL_WEIGHT_KEYS]
   if missing or unknown:
     raise ValueError(f"loss weights need exactly the keys {WEIGHT_KEYS}; missing {missing}, "
                      f"unknown {unknown}")
@@ -134,14 +135,18 @@ def map_loss(pred: jax.Array, target: jax.Array, data_range: float,
              weights: Mapping[str, float], perceptual: PerceptualNet | None,
              features: tuple[Mapping[str, jax.Array], Mapping[str, jax.Array]] | None = None
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """L_map of one map type: w_mae * MAE + w_ssim * (1 - SSIM) + w_perc * Perceptual.
+  """L_map of one map type: w_mae * MAE + w_ssim * (1 - SSIM) + w_perc * Perceptual (+ w_mse * MSE).
+
+  The optional MSE term (config.loss.mse, 0 in the paper) weighs each voxel by its error: under
+  MAE alone a rare lesion (10-20% of the brain) pulls the prediction up no harder than a healthy
+  voxel pulls it down, so a network unsure of the lesion predicts the healthy median everywhere.
 
   Args:
     pred: (B, H, W) predicted map, physical units.
     target: (B, H, W) reference map (ground truth, or a teacher's prediction), physical units.
     data_range: the map's range maximum in physical units (e.g. 24.0 s for Tmax); both maps are
       divided by it, the target then clipped to [0, 1] (pred is not clipped).
-    weights: {'mae': w, 'ssim': w, 'perceptual': w}. A perceptual weight of (Python) 0 skips the
+    weights: {'mae': w, 'ssim': w, 'perceptual': w} and optionally 'mse'. A perceptual weight of (Python) 0 skips the
       VGG computation.
     perceptual: the VGG feature net, or None when the perceptual weight is 0.
     features: optional precomputed VGG features (of pred / data_range, of the clipped scaled
@@ -158,6 +163,9 @@ def map_loss(pred: jax.Array, target: jax.Array, data_range: float,
   t = jnp.clip(jnp.asarray(target, jnp.float32) / data_range, 0.0, 1.0)
   terms = {"mae": mae(p, t), "ssim": jnp.mean(ssim(p, t, 1.0))}
   loss = weights["mae"] * terms["mae"] + weights["ssim"] * (1.0 - terms["ssim"])
+  if not _is_zero(weights.get("mse", 0.0)):
+    terms["mse"] = jnp.mean(jnp.square(p - t))
+    loss = loss + weights["mse"] * terms["mse"]
   if _is_zero(weights["perceptual"]):
     terms["perceptual"] = jnp.zeros((), jnp.float32)
   else:

@@ -120,3 +120,32 @@ def comparison_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[
   if title:
     fig.suptitle(title)
   return fileio.save_figure(fig, path)
+
+
+def learning_curves(history: Sequence[dict[str, float]], path: str, title: str = "",
+                    floors: dict[str, dict[str, float]] | None = None) -> str:
+  """The learning curves of a run (its validation.json): validation RMSE of each map in its
+  units and the Dice of Tmax > 6 s over steps, one panel each; floors: optional horizontal lines
+  {name: {"tmax_rmse": ..., "cbv_rmse": ..., "cbf_rmse": ..., "tmax_gt6_dice": ...}}."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  if not history:
+    raise ValueError("learning_curves: the history holds no validation")
+  steps = [h["step"] for h in history]
+  panels = [(f"{k}/rmse_units", f"{k}_rmse", f"{TITLES[k]} RMSE ({MAP_UNITS[k]})")
+            for k in TARGET_MAPS] + [("tmax_gt6/dice", "tmax_gt6_dice", "Tmax > 6 s Dice")]
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2),
+                           constrained_layout=True)
+  for ax, (key, floor_key, label) in zip(axes, panels):
+    ax.plot(steps, [h[key] for h in history], marker="o", label="network")
+    for i, (name, values) in enumerate((floors or {}).items()):
+      if floor_key in values:
+        ax.axhline(values[floor_key], color=f"C{i + 1}", linestyle="--", label=name)
+    ax.set_xlabel("step")
+    ax.set_title(label)
+  axes[0].legend(fontsize="small")
+  if title:
+    fig.suptitle(title)
+  return fileio.save_figure(fig, path)

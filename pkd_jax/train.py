@@ -62,7 +62,7 @@ class LossConfig:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LossConfig":
-    weights = tuple((k, float(config.loss[k])) for k in ("mae", "ssim", "perceptual"))
+    weights = tuple((k, float(config.loss[k])) for k in ("mae", "ssim", "perceptual", "mse"))
     ranges = tuple((k, float(config.data.map_ranges[k])) for k in TARGET_MAPS)
     distill_config = config.get("distill")
     if distill_config is None:

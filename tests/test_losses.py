@@ -302,3 +302,17 @@ def test_gt_loss_one_vgg_pass_matches_per_map_perceptual(vgg0):
   given = losses.perceptual_features(vgg0, losses.scale_maps(preds, ranges))
   again, _ = losses.gt_loss(preds, targets, ranges, weights, vgg0, pred_features=given)
   np.testing.assert_allclose(float(again), float(loss), rtol=1e-6)
+
+
+def test_map_loss_mse_term_weighs_voxels_by_their_error():
+  """The optional MSE term (config.loss.mse): absent means the paper's loss; present, it adds
+  w * mean((pred - target)^2) on the range-scaled maps."""
+  target = jnp.zeros((1, 16, 16))
+  pred = target.at[0, :2].set(10.0)  # a missed 10 s lesion on 2 of 16 rows, range 20 s
+  base, terms = losses.map_loss(pred, target, 20.0, NO_PERC, perceptual=None)
+  assert "mse" not in terms
+  with_mse, terms = losses.map_loss(pred, target, 20.0, dict(NO_PERC, mse=4.0), perceptual=None)
+  np.testing.assert_allclose(terms["mse"], 0.25 * 2 / 16, rtol=1e-6)
+  np.testing.assert_allclose(with_mse, base + 4.0 * 0.25 * 2 / 16, rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown"):
+    losses.map_loss(pred, target, 20.0, dict(NO_PERC, l2=1.0), perceptual=None)

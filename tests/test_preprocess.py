@@ -95,3 +95,16 @@ def test_preprocess_case_reaches_geometry_and_estimates_mask():
   assert out.masks["brain"].any()
   np.testing.assert_allclose(out.frame_times_s, np.arange(40) * 1.5)  # the default time grid
   assert out.params["original_shape"] == (2, 30, 64, 48)
+
+
+def test_enhancement_input_keeps_frame_zero_and_amplifies_the_enhancement():
+  series = np.zeros((5, 2, 2), np.float32) + 0.3  # 30 HU of tissue, normalised
+  series[2:, 0, 0] += 0.05  # 5 HU of enhancement
+  series[3, 1, 1] += 9.0  # an AIF voxel far above the window saturates
+  out = pp.network_input(series, "enhancement", axis=0)
+  np.testing.assert_allclose(out[0], series[0])  # the pre-bolus frame (anatomy) is kept
+  np.testing.assert_allclose(out[2:, 0, 0], 0.3 + 0.5, rtol=1e-6)  # 10x: 5 HU is 0.5
+  assert out[3, 1, 1] == pytest.approx(0.3 + 10 * pp.ENHANCEMENT_CLIP_HU[1] / 100)
+  np.testing.assert_array_equal(pp.network_input(series, "hu", axis=0), series)
+  with pytest.raises(InputError, match="input_norm"):
+    pp.network_input(series, "zscore")
