@@ -81,7 +81,9 @@ def score(records: Sequence[dict[str, Any]], preds: dict[str, np.ndarray],
 
   records: the source's slice records (pipeline), N of them, with "case"; voxel_ml: per case.
   Returns {"cases": [case positions], "per_case": {map: {metric: (num_cases,)}},
-  "volumes": {name: {"predicted": (num_cases,), "truth": (num_cases,)}}}.
+  "volumes": {name: {"predicted": (num_cases,), "truth": (num_cases,)}},
+  "tmax_gt6_dice": the Dice of Tmax > 6 s inside the brain over all the slices' voxels}; the
+  per-case Dice is per_case["tmax"]["gt6_dice"] (1 where neither has any such voxel).
   """
   cases = np.array([r["case"] for r in records])
   masks = np.stack([r["brain_mask"] for r in records]).astype(bool)
@@ -97,13 +99,24 @@ def score(records: Sequence[dict[str, Any]], preds: dict[str, np.ndarray],
         per_case[k][m].append(float(slice_values[k][m][rows].mean()))
       for m, v in brain_metrics(preds[k][rows], truth[k][rows], masks[rows]).items():
         per_case[k][m].append(v)
+    per_case["tmax"].setdefault("gt6_dice", []).append(
+        tmax_dice(preds["tmax"][rows], truth["tmax"][rows], masks[rows]))
     for which, maps in (("predicted", preds), ("truth", truth)):
       for name, v in lesion_volumes_ml(maps["tmax"][rows], maps["cbf"][rows], masks[rows],
                                        voxel_ml[pos]).items():
         volumes.setdefault(name, {"predicted": [], "truth": []})[which].append(v)
   return {"cases": [int(c) for c in np.unique(cases)],
           "per_case": {k: {m: np.array(v) for m, v in d.items()} for k, d in per_case.items()},
-          "volumes": {n: {w: np.array(v) for w, v in d.items()} for n, d in volumes.items()}}
+          "volumes": {n: {w: np.array(v) for w, v in d.items()} for n, d in volumes.items()},
+          "tmax_gt6_dice": tmax_dice(preds["tmax"], truth["tmax"], masks)}
+
+
+def tmax_dice(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
+  """Dice of the Tmax > 6 s regions (RAPID's hypoperfusion) inside a mask; 1 when both are empty."""
+  p = mask & (pred > TMAX_THRESHOLD_S)
+  t = mask & (target > TMAX_THRESHOLD_S)
+  total = p.sum() + t.sum()
+  return float(2 * (p & t).sum() / total) if total else 1.0
 
 
 def split_records(config: ml_collections.ConfigDict, split: str = "test"):

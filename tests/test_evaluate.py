@@ -91,3 +91,15 @@ def test_results_table_groups_by_factor_marks_best_and_gives_p_values():
   expected_p = stats.ttest_rel([1.0, 1.1, 0.9], [1.5, 1.4, 1.6], alternative="less").pvalue
   assert f"{expected_p:.3g}" in lines[4]
   assert csv_text.splitlines()[0].endswith("cbf_rmse_p")
+
+
+def test_tmax_dice_inside_the_brain():
+  truth = np.zeros((1, 4, 4))
+  truth[0, :2] = 10.0  # 8 voxels above 6 s
+  pred = np.zeros((1, 4, 4))
+  pred[0, 1:3] = 8.0  # 8 voxels, 4 of them right
+  mask = np.ones((1, 4, 4), bool)
+  assert evaluate.tmax_dice(pred, truth, mask) == pytest.approx(0.5)
+  mask[0, 2:] = False  # outside the brain does not count: 4 / (4 + 8) * 2
+  assert evaluate.tmax_dice(pred, truth, mask) == pytest.approx(2 * 4 / 12)
+  assert evaluate.tmax_dice(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), mask) == 1.0
