@@ -135,22 +135,23 @@ class Job:
                        volumes=result["volumes"]))
       predictions[f"{name}, 1/{cfg.train.factor}"] = result["example"]["prediction"]
       truth = result["example"]["truth"]
-    aif = "true AIF" if records[2][0]["aif_hu"] is not None else "selected AIF"
-    for factor in sorted({self.config.train.factor, 1}):  # the classical reference
-      result = evaluate.evaluate_deconvolution(self.config, factor, records=records)
-      rows.append(dict(method=f"bSVD ({aif})", factor=factor, per_case=result["per_case"],
-                       volumes=result["volumes"]))
+    # The best classical pipeline (smoothing and SVD tuned on the validation split; true and
+    # selected AIF) and the sanity floors (TTP Tmax, constant healthy maps), at both factors.
+    rows += evaluate.reference_rows(self.config, sorted({self.config.train.factor, 1}),
+                                    records=records)
     ranges = dict(self.config.data.map_ranges)
     markdown, csv_text = report.results_table(rows, ranges, reference=rows[0]["method"])
     markdown += "\nLesion volumes (RAPID's thresholds), mean over test cases:\n\n"
     markdown += report.volumes_table(rows)
+    markdown += "\n" + evaluate.reference_notes(rows)
     stem = os.path.join(self.workdir, f"results_{self.strategy}")
     fileio.write_text(stem + ".md", markdown)
     fileio.write_text(stem + ".csv", csv_text)
     as_lists = lambda tree: {k: as_lists(v) if isinstance(v, dict) else [float(x) for x in v]
                              for k, v in tree.items()}
     summary = [dict(method=r["method"], factor=r["factor"], per_case=as_lists(r["per_case"]),
-                    volumes=as_lists(r["volumes"])) for r in rows]
+                    volumes=as_lists(r["volumes"]),
+                    **{k: r[k] for k in ("key", "settings") if k in r}) for r in rows]
     schedule_path = os.path.join(self.student_dir(), "schedule.json")
     schedule = []
     if os.path.exists(schedule_path):

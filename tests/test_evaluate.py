@@ -1,11 +1,18 @@
-"""Metrics against independent computations; volumes, t-test, per-case scoring."""
+"""Metrics against independent computations; volumes, t-test, per-case scoring; the classical
+reference and the sanity floors, and the report rows they give."""
+
+import json
 
 import numpy as np
 import pytest
 from scipy import stats
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from configs import student as student_config
+from configs import teacher as teacher_config
 from pkd_jax import evaluate
+from pkd_jax.data import pipeline
+from pkd_jax.data.case import TARGET_MAPS
 
 
 @pytest.mark.parametrize("data_range", [1.0, 24.0, 200.0])
@@ -103,3 +110,102 @@ def test_tmax_dice_inside_the_brain():
   mask[0, 2:] = False  # outside the brain does not count: 4 / (4 + 8) * 2
   assert evaluate.tmax_dice(pred, truth, mask) == pytest.approx(2 * 4 / 12)
   assert evaluate.tmax_dice(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), mask) == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Classical reference and sanity floors, at the "test" scale (48 x 48, 2 slices, 1 case a split).
+
+TINY_GRID = dict(spatial_sigmas_mm=(0.0, 10.0), temporal_sigmas_s=(0.0,),
+                 svd_variants=(("bsvd", 0.1), ("osvd", 0.095)))
+
+
+def test_constant_predictor_is_the_training_median_inside_the_brain():
+  config = teacher_config.get_config("1,test")
+  source = pipeline.make_source(config.data, "train")
+  train_records = [source[i] for i in range(len(source))]
+  train_brain = np.stack([r["brain_mask"] for r in train_records]) > 0
+  values = evaluate.healthy_values(config)
+  records = evaluate.split_records(config, "test")
+  maps = evaluate.constant_maps(records[0], values)
+  brain = np.stack([r["brain_mask"] for r in records[0]]) > 0
+  for k in TARGET_MAPS:
+    train_truth = np.stack([r[k] for r in train_records])
+    assert values[k] == pytest.approx(np.median(train_truth[train_brain]))
+    assert np.all(maps[k][brain] == np.float32(values[k])) and np.all(maps[k][~brain] == 0)
+  assert 0 <= values["tmax"] < 6 and 10 < values["cbf"] < 60  # healthy tissue
+  result = evaluate.evaluate_constant(config, records=records, values=values)
+  truth = np.stack([r["tmax"] for r in records[0]])
+  expected = evaluate.slice_metrics(maps["tmax"], truth, config.data.map_ranges.tmax)["rmse"]
+  assert result["per_case"]["tmax"]["rmse"] == pytest.approx([expected.mean()])
+  assert result["values"] == values
+
+
+def test_classical_best_is_tuned_on_validation_and_scored_per_test_case():
+  config = teacher_config.get_config("1,test")
+  results = evaluate.evaluate_classical_best(config, 1, **TINY_GRID)
+  assert set(results) == {"true", "select"}
+  for mode, result in results.items():
+    assert len(result["search"]) == 4 and result["tune_split"] == "validation"
+    best = min(result["search"], key=lambda row: row["objective"])
+    assert result["settings"] == {k: best[k] for k in result["settings"]}
+    aif = "true AIF" if mode == "true" else "selected AIF"
+    name = "oSVD" if best["method"] == "osvd" else "bSVD"
+    assert result["method"] == f"classical {name} ({aif})"
+    assert result["per_case"]["tmax"]["rmse"].shape == (config.data.num_cases.test,)
+  # The search (perfusion_maps_variants) and the pipeline (classical_maps) agree: the chosen
+  # settings rescored on the validation split give the search's numbers.
+  true = results["true"]
+  again = evaluate.evaluate_classical(config, 1, true["settings"], "true", split="validation")
+  best = min(true["search"], key=lambda row: row["objective"])
+  for k in TARGET_MAPS:
+    assert np.mean(again["per_case"][k]["rmse"]) == pytest.approx(best[f"{k}_rmse"], rel=1e-3)
+
+
+def test_ttp_floor_scores_tmax_and_takes_the_constant_cbv_cbf():
+  config = teacher_config.get_config("1,test")
+  records = evaluate.split_records(config, "test")
+  values = {"tmax": 1.0, "cbv": 2.0, "cbf": 30.0}
+  ttp = evaluate.evaluate_ttp(config, 1, records=records, values=values)
+  constant = evaluate.evaluate_constant(config, records=records, values=values)
+  assert ttp["aif_mode"] == "true"
+  for k in ("cbv", "cbf"):
+    np.testing.assert_allclose(ttp["per_case"][k]["rmse"], constant["per_case"][k]["rmse"])
+  assert not np.allclose(ttp["per_case"]["tmax"]["rmse"], constant["per_case"]["tmax"]["rmse"])
+
+
+def test_job_report_has_the_classical_rows_and_the_floors(tmp_path, monkeypatch):
+  from pkd_jax import job, train  # pylint: disable=import-outside-toplevel
+
+  config = student_config.get_config("pkd,test")
+  # No trained networks: every network row is the constant predictor (the report is under test).
+  monkeypatch.setattr(train, "make_model", lambda cfg: None)
+  monkeypatch.setattr(train, "load_variables", lambda folder, cfg, *args: None)
+
+  def fake_network(cfg, model, variables, factor, split="test", batch_size=4, records=None):
+    result = evaluate.evaluate_constant(cfg, records=records, values={"tmax": 1.0, "cbv": 2.0,
+                                                                      "cbf": 30.0})
+    example = {k: records[0][0][k] for k in TARGET_MAPS}
+    result["example"] = {"truth": example, "prediction": example}
+    return result
+
+  monkeypatch.setattr(evaluate, "evaluate_variables", fake_network)
+  for name, value in (("CLASSICAL_SPATIAL_SIGMAS_MM", TINY_GRID["spatial_sigmas_mm"]),
+                      ("CLASSICAL_TEMPORAL_SIGMAS_S", TINY_GRID["temporal_sigmas_s"]),
+                      ("CLASSICAL_SVD", TINY_GRID["svd_variants"])):
+    monkeypatch.setattr(evaluate, name, value)
+  paths = job.Job(config, str(tmp_path)).report()
+  markdown = open(paths["table"]).read()
+  for row in ("classical", "(true AIF)", "(selected AIF)", "TTP Tmax", "constant healthy",
+              "spatial sigma", "the training split's median"):
+    assert row in markdown, row
+  assert "bSVD (true AIF) | full" not in markdown  # the unsmoothed straw man is gone
+  saved = json.loads((tmp_path / "results_pkd.json").read_text())
+  keys = {(r.get("key"), r["factor"]) for r in saved["rows"]}
+  for factor in (config.train.factor, 1):
+    for key in ("classical_best_true_aif", "classical_best_selected_aif", "ttp_tmax",
+                "constant_healthy"):
+      assert (key, factor) in keys
+  classical = next(r for r in saved["rows"] if r.get("key") == "classical_best_true_aif")
+  assert set(classical["settings"]) >= {"method", "svd_param", "spatial_sigma_mm",
+                                        "temporal_sigma_s"}
+  assert len(classical["per_case"]["tmax"]["rmse"]) == config.data.num_cases.test
