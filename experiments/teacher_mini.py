@@ -31,6 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
 from configs import teacher as teacher_config
+import numpy as np
+
 from pkd_jax import evaluate, fileio, report, train
 from pkd_jax.data.case import TARGET_MAPS
 
@@ -58,6 +60,37 @@ def train_teacher(config, workdir: str) -> float:
   return float(recorded["seconds"])
 
 
+def summary(per_case: dict, tmax_gt6_dice: float) -> dict:
+  """Mean over test cases of each map's RMSE, the pooled Dice and the per-case values."""
+  out = {f"{k}_rmse": float(np.mean(per_case[k]["rmse"])) for k in TARGET_MAPS}
+  out["tmax_gt6_dice"] = float(tmax_gt6_dice)
+  out["tmax_gt6_dice_case_mean"] = float(np.mean(per_case["tmax"]["gt6_dice"]))
+  out["per_case"] = {f"{k}_rmse": [round(float(v), 4) for v in per_case[k]["rmse"]]
+                     for k in TARGET_MAPS}
+  return out
+
+
+def comparison(config, workdir: str) -> dict:
+  """The teacher (best validation checkpoint) and the reference rows on the test split, with the
+  one-tailed paired t-tests over cases (H1: the teacher's RMSE is lower)."""
+  records = evaluate.split_records(config, "test")
+  model = train.make_model(config)
+  variables = train.load_variables(workdir, config, "best")
+  teacher = evaluate.evaluate_variables(config, model, variables, 1, records=records)
+  rows = {"teacher_x1": summary(teacher["per_case"], teacher["tmax_gt6_dice"])}
+  settings = {}
+  for row in evaluate.reference_rows(config, (1,), records=records):
+    rows[row["key"]] = summary(row["per_case"], row["tmax_gt6_dice"])
+    settings[row["key"]] = row.get("settings")
+  tests = {}
+  for other in ("classical_best_true_aif", "classical_best_selected_aif", "constant_healthy"):
+    for k in TARGET_MAPS:
+      tests[f"{k}_rmse_teacher_lt_{other}_p"] = evaluate.paired_t_test(
+          teacher["per_case"][k]["rmse"], rows[other]["per_case"][f"{k}_rmse"], "less")
+  return dict(rows, paired_t_tests=tests, reference_settings=settings,
+              num_test_cases=len(teacher["cases"]))
+
+
 def main(argv):
   del argv
   command = " ".join(["python"] + sys.argv)
@@ -65,7 +98,7 @@ def main(argv):
   os.makedirs(_WORKDIR.value, exist_ok=True)
   train_s = train_teacher(config, _WORKDIR.value)
   start = time.perf_counter()
-  rows = evaluate.mini_comparison(config, _WORKDIR.value)
+  rows = comparison(config, _WORKDIR.value)
   result = dict(
       command=command, date=datetime.date.today().isoformat(),
       machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
