@@ -40,8 +40,8 @@ def get_config(arg: str | None = None):
   # min_delta for `patience` epochs (the paper: 5, at every scale), or after max_epochs_per_stage
   # (0: no cap; else a safety net, well beyond patience + 1). schedule.json says which rule fired.
   # An epoch is one pass over the training slices, (train cases x slices) // batch_size steps, or
-  # epoch_steps steps if that is set (> 0): the demo's 300 steps are 12.5 passes, too few for 4
-  # teachers x (patience + 1) epochs, so its schedule counts epochs of 8 steps (37 in the run).
+  # epoch_steps steps if that is set (> 0): the demo's 500 steps are 5.2 passes, too few for 4
+  # teachers x (patience + 1) epochs, so its schedule counts epochs of 8 steps (62 in the run).
   d.patience = 5
   d.min_delta = 0.0
   d.max_epochs_per_stage = 0
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None):
   d.teacher_steps = 0  # optimiser steps of each teacher trained here (0: train.steps)
   if scale == "test":  # seconds: the cap switches every epoch (2 steps), patience never can
     d.max_epochs_per_stage = 1
-  elif scale == "demo":  # 24 steps per pass; 8-step epochs, a cap of 3 x patience (120 steps)
+  elif scale == "demo":  # 96 steps per pass; 8-step epochs, a cap of 3 x patience (120 steps)
     d.epoch_steps, d.max_epochs_per_stage = 8, 15
   config.lock()
   return config

@@ -158,7 +158,8 @@ def evaluate_variables(config: ml_collections.ConfigDict, model, variables, fact
   figures. records: the result of :func:`split_records`, to reuse across models.
   """
   records, voxel_ml, _ = split_records(config, split) if records is None else records
-  inputs = np.stack([inference.slice_input(r["scan"], factor, config.data.input_norm) for r in records])
+  inputs = np.stack([inference.slice_input(r["scan"], factor, config.data.input_norm)
+                     for r in records])
   preds = inference.predict(model, variables, inputs, config.data.patch.num_frames,
                             config.data.window_stride, batch_size)
   result = score(records, preds, dict(config.data.map_ranges), voxel_ml)

@@ -146,8 +146,8 @@ def map_loss(pred: jax.Array, target: jax.Array, data_range: float,
     target: (B, H, W) reference map (ground truth, or a teacher's prediction), physical units.
     data_range: the map's range maximum in physical units (e.g. 24.0 s for Tmax); both maps are
       divided by it, the target then clipped to [0, 1] (pred is not clipped).
-    weights: {'mae': w, 'ssim': w, 'perceptual': w} and optionally 'mse'. A perceptual weight of (Python) 0 skips the
-      VGG computation.
+    weights: {'mae': w, 'ssim': w, 'perceptual': w} and optionally 'mse'. A perceptual weight
+      of (Python) 0 skips the VGG computation.
     perceptual: the VGG feature net, or None when the perceptual weight is 0.
     features: optional precomputed VGG features (of pred / data_range, of the clipped scaled
       target), from :func:`perceptual_features`; then the VGG is not run here.

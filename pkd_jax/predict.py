@@ -8,17 +8,18 @@ Command line::
 RUN is a trained run folder as :func:`pkd_jax.train.train_and_evaluate` leaves it (``model.json``
 and ``checkpoints/``): a teacher (``WORKDIR/teachers/<name>``) or a student
 (``WORKDIR/student_<strategy>``). The model is rebuilt from ``model.json`` (architecture, filters,
-frames, factor); the convolution implementations, which do not change the parameters, are the fast
-ones of the backend. The preprocessing geometry (--height, --width, --frames: the
-``config.data.height/width/num_frames`` the model was trained at; the paper's 256 x 256 x 40 by
-default) is not stored in the run and must be given when it differs.
+frames, factor, time grid, input transform); the convolution implementations, which do not change
+the parameters, are the fast ones of the backend. The in-plane and frame geometry (--height,
+--width, --frames: the ``config.data.height/width/num_frames`` the model was trained at; the
+paper's 256 x 256 x 40 by default) is not stored in the run and must be given when it differs;
+the time grid (seconds per frame) is the run's.
 
 The scan (a 4D NIfTI file, or a case folder as :func:`pkd_jax.data.nifti.read_scan` reads it) goes
 through exactly the training preprocessing: in-plane and temporal resampling to the geometry
 (:func:`pkd_jax.data.preprocess.preprocess_case`), intensity normalisation
-(:func:`~pkd_jax.data.preprocess.normalise_hu`), sample-and-hold to the run's temporal factor and the
-window rule of :mod:`pkd_jax.inference` (the mean over T-frame windows covering the series). Every slice is predicted,
-in batches, and the maps are resampled back to the scan's in-plane shape (linear,
+(:func:`~pkd_jax.data.preprocess.normalise_hu`), the run's input transform, sample-and-hold to the
+run's temporal factor and the window rule of :mod:`pkd_jax.inference` (the mean over T-frame
+windows covering the series). Every slice is predicted, in batches, and the maps are resampled back to the scan's in-plane shape (linear,
 :func:`~pkd_jax.data.preprocess.resample_inplane`, the inverse of the preprocessing's resampling).
 
 DIR receives ``tmax.nii.gz``, ``cbv.nii.gz``, ``cbf.nii.gz`` (float32, ``data[x, y, z] = map[z, x,
