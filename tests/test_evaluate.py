@@ -10,7 +10,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from configs import student as student_config
 from configs import teacher as teacher_config
-from pkd_jax import evaluate
+from pkd_jax import evaluate, report
 from pkd_jax.data import pipeline
 from pkd_jax.data.case import TARGET_MAPS
 
@@ -209,3 +209,14 @@ def test_job_report_has_the_classical_rows_and_the_floors(tmp_path, monkeypatch)
   assert set(classical["settings"]) >= {"method", "svd_param", "spatial_sigma_mm",
                                         "temporal_sigma_s"}
   assert len(classical["per_case"]["tmax"]["rmse"]) == config.data.num_cases.test
+
+
+def test_learning_curves_draw_every_map_and_the_dice(tmp_path):
+  history = [{"step": s, "tmax/rmse_units": 2.0 / s, "cbv/rmse_units": 0.5, "cbf/rmse_units": 8.0,
+              "tmax_gt6/dice": 0.1 * s} for s in (1, 2, 3)]
+  path = report.learning_curves(history, str(tmp_path / "curves.png"), title="t",
+                                floors={"constant": {"tmax_rmse": 1.7}})
+  assert path.endswith("curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
+  with pytest.raises(ValueError, match="no validation"):
+    report.learning_curves([], str(tmp_path / "empty.png"))
+  assert not (tmp_path / "empty.png").exists()
