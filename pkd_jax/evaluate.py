@@ -136,20 +136,6 @@ def split_records(config: ml_collections.ConfigDict, split: str = "test"):
           [source.case_info(c) for c in range(num_cases)])
 
 
-def evaluate_deconvolution(config: ml_collections.ConfigDict, factor: int, split: str = "test",
-                           method: str = "bsvd", records=None) -> dict[str, Any]:
-  """Scores the unsmoothed classical deconvolution (the method's default setting) like a model.
-
-  The straw man that :func:`evaluate_classical_best` replaces in reports, kept for comparison:
-  each case's slices (HU) are degraded like the network's input and deconvolved with the source's
-  true AIF (phantom), or one selected from the scan when the source has none.
-  """
-  records = split_records(config, split) if records is None else records
-  settings = dict(method=method, svd_param=None, spatial_sigma_px=0.0, temporal_sigma_s=0.0)
-  return evaluate_classical(config, factor, settings,
-                            "true" if _has_true_aif(records) else "select", records=records)
-
-
 def evaluate_variables(config: ml_collections.ConfigDict, model, variables, factor: int,
                        split: str = "test", batch_size: int = 4, records=None) -> dict[str, Any]:
   """Scores a model on every slice of a split, at a temporal factor (see :func:`score`).
@@ -173,8 +159,8 @@ def evaluate_variables(config: ml_collections.ConfigDict, model, variables, fact
 # The classical reference and the sanity floors, scored like the networks.
 
 # Search grid of the best classical pipeline (tuned on the validation split). Spatial Gaussian
-# sigma in mm: 0 (none) to 14 mm, the heavy end of what perfusion software applies (an in-plane
-# Gaussian of a few pixels; measured on the demo phantom, Tmax RMSE falls up to ~14 mm).
+# sigma in mm: 0 (none) to 20 mm, beyond the heavy end of what perfusion software applies (an
+# in-plane Gaussian of a few pixels; on the demo phantom, Tmax RMSE falls up to ~14 mm).
 CLASSICAL_SPATIAL_SIGMAS_MM = (0.0, 2.0, 4.0, 7.0, 10.0, 14.0, 20.0)
 CLASSICAL_TEMPORAL_SIGMAS_S = (0.0, 1.5, 3.0)  # temporal Gaussian sigma, s (0-2 frames of 1.5 s)
 # (method, parameter): bSVD thresholds 10-30% of the largest singular value (Wu et al. 2003: 10%
