@@ -157,7 +157,7 @@ def apply_scale(config: ml_collections.ConfigDict, scale: str) -> ml_collections
     else:  # one full-resolution teacher that learns the lesions in <= 20 min on 2 CPU cores
       # (experiments/teacher_mini.py): many more cases and steps
       data.num_cases.train, data.num_cases.validation, data.num_cases.test = 256, 4, 16
-      train.steps, train.eval_every, train.log_every = 5500, 500, 25
+      train.steps, train.eval_every, train.log_every = 5000, 500, 25
   if scale != "paper":  # the fast exact convolutions pay off on CPU, where small runs happen
     model.down_impl, model.up_impl = "space_to_depth", "depth_to_space"
     model.conv_impl = "conv2d_sum"
