@@ -140,8 +140,10 @@ def evaluate_variables(config: ml_collections.ConfigDict, model, variables, fact
                        split: str = "test", batch_size: int = 4, records=None) -> dict[str, Any]:
   """Scores a model on every slice of a split, at a temporal factor (see :func:`score`).
 
-  Also returns "example": the ground truth and prediction of the slice with the most brain, for
-  figures. records: the result of :func:`split_records`, to reuse across models.
+  Also returns, for figures, "example": the ground truth and prediction of the slice with the
+  most brain, and "lesion_slices": per case, the Tmax truth and prediction of its slice with the
+  largest true Tmax > 6 s region (:func:`lesion_slices`). records: the result of
+  :func:`split_records`, to reuse across models.
   """
   records, voxel_ml, _ = split_records(config, split) if records is None else records
   inputs = np.stack([inference.slice_input(r["scan"], factor, config.data.input_norm)
@@ -152,7 +154,22 @@ def evaluate_variables(config: ml_collections.ConfigDict, model, variables, fact
   example = max(range(len(records)), key=lambda i: records[i]["brain_mask"].sum())
   result["example"] = {"truth": {k: records[example][k] for k in TARGET_MAPS},
                        "prediction": {k: preds[k][example] for k in TARGET_MAPS}}
+  result["lesion_slices"] = [{"case": int(records[i]["case"]), "truth": records[i]["tmax"],
+                              "prediction": preds["tmax"][i]} for i in lesion_slices(records)]
   return result
+
+
+def lesion_slices(records) -> list[int]:
+  """Per case (in order), the index of its slice with the most brain voxels of true Tmax > 6 s
+  (the slice with the most brain if it has none): chosen by the ground truth alone, so a figure
+  of them shows the lesions a network misses as plainly as those it finds."""
+  best: dict[int, tuple[tuple[float, float], int]] = {}
+  for i, r in enumerate(records):
+    brain = r["brain_mask"] > 0
+    key = (float(np.sum(brain & (r["tmax"] > TMAX_THRESHOLD_S))), float(np.sum(brain)))
+    if r["case"] not in best or key > best[r["case"]][0]:
+      best[r["case"]] = (key, i)
+  return [best[c][1] for c in sorted(best)]
 
 
 # ----------------------------------------------------------------------------------------------

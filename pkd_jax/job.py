@@ -122,7 +122,7 @@ class Job:
 
   def report(self) -> dict[str, str]:
     """Scores the student and its teachers on the test split; writes the table and figure."""
-    rows, predictions, truth = [], {}, None
+    rows, predictions, truth, lesions = [], {}, None, {}
     entries = [(f"student ({self.strategy})", self.config, self.student_dir())]
     entries += [(f"teacher {s.name}", teacher_config(self.config, s), self.teacher_dir(s))
                 for s in self.specs]
@@ -135,6 +135,7 @@ class Job:
                        volumes=result["volumes"]))
       predictions[f"{name}, 1/{cfg.train.factor}"] = result["example"]["prediction"]
       truth = result["example"]["truth"]
+      lesions[f"{name}, 1/{cfg.train.factor}"] = result["lesion_slices"]
     # The best classical pipeline (smoothing and SVD tuned on the validation split; true and
     # selected AIF) and the sanity floors (TTP Tmax, constant healthy maps), at both factors.
     rows += evaluate.reference_rows(self.config, sorted({self.config.train.factor, 1}),
@@ -161,8 +162,11 @@ class Job:
                                            schedule=schedule))
     report.comparison_figure(truth, predictions, ranges, stem + ".png",
                              title=f"test slice: student ({self.strategy}) and its teachers")
+    report.lesion_figure(lesions, ranges["tmax"], stem + "_lesions.png",
+                         title=f"Tmax of each test case's slice with the largest true Tmax > 6 s "
+                               f"region (white): student ({self.strategy}) and its teachers")
     print(markdown)
-    return {"table": stem + ".md", "figure": stem + ".png"}
+    return {"table": stem + ".md", "figure": stem + ".png", "lesions": stem + "_lesions.png"}
 
 
 def evaluate_teacher(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pkd_jax import fileio
-from pkd_jax.data.case import MAP_UNITS, TARGET_MAPS
+from pkd_jax.data.case import MAP_UNITS, TARGET_MAPS, TMAX_THRESHOLD_S
 from pkd_jax.evaluate import METRICS, paired_t_test
 
 TITLES = {"tmax": "Tmax", "cbv": "CBV", "cbf": "CBF"}
@@ -119,6 +119,41 @@ def comparison_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[
         fig.colorbar(image, ax=axes[:-1, col] if row == 0 else ax, shrink=0.8)
   if title:
     fig.suptitle(title)
+  return fileio.save_figure(fig, path)
+
+
+def lesion_figure(slices: dict[str, Sequence[dict[str, Any]]], tmax_range: float, path: str,
+                  threshold_s: float = TMAX_THRESHOLD_S, title: str = "") -> str:
+  """Tmax of one slice per test case (columns) for the ground truth and each method (rows), with
+  the true Tmax > threshold_s region outlined in white on every panel.
+
+  slices: row name -> per case {"case", "truth", "prediction"} (evaluate.lesion_slices' choice);
+  the first row drawn is the ground truth of the first entry.
+  """
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  first = next(iter(slices.values()))
+  rows = [("ground truth", [s["truth"] for s in first])]
+  rows += [(name, [s["prediction"] for s in per_case]) for name, per_case in slices.items()]
+  fig, axes = plt.subplots(len(rows), len(first), figsize=(2.3 * len(first) + 1, 2.3 * len(rows)),
+                           squeeze=False, constrained_layout=True)
+  for row, (name, images) in enumerate(rows):
+    for col, image in enumerate(images):
+      ax = axes[row, col]
+      shown = ax.imshow(image, cmap="jet", vmin=0, vmax=tmax_range)
+      truth = first[col]["truth"]
+      if np.any(truth > threshold_s):
+        ax.contour(truth > threshold_s, levels=[0.5], colors="white", linewidths=0.8)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if row == 0:
+        ax.set_title(f"case {first[col]['case']}")
+      if col == 0:
+        ax.set_ylabel(name)
+  fig.colorbar(shown, ax=axes, shrink=0.6, label=f"{TITLES['tmax']} ({MAP_UNITS['tmax']})")
+  fig.suptitle(title or f"Tmax; white: the true Tmax > {threshold_s:g} s region")
   return fileio.save_figure(fig, path)
 
 

@@ -186,6 +186,9 @@ def test_job_report_has_the_classical_rows_and_the_floors(tmp_path, monkeypatch)
                                                                       "cbf": 30.0})
     example = {k: records[0][0][k] for k in TARGET_MAPS}
     result["example"] = {"truth": example, "prediction": example}
+    result["lesion_slices"] = [{"case": int(records[0][i]["case"]), "truth": records[0][i]["tmax"],
+                                "prediction": records[0][i]["tmax"]}
+                               for i in evaluate.lesion_slices(records[0])]
     return result
 
   monkeypatch.setattr(evaluate, "evaluate_variables", fake_network)
@@ -209,6 +212,27 @@ def test_job_report_has_the_classical_rows_and_the_floors(tmp_path, monkeypatch)
   assert set(classical["settings"]) >= {"method", "svd_param", "spatial_sigma_mm",
                                         "temporal_sigma_s"}
   assert len(classical["per_case"]["tmax"]["rmse"]) == config.data.num_cases.test
+  assert paths["lesions"].endswith("results_pkd_lesions.png")
+  assert (tmp_path / "results_pkd_lesions.png").stat().st_size > 1000
+
+
+def test_lesion_slices_pick_each_cases_largest_true_lesion_and_the_figure_draws_them(tmp_path):
+  def record(case, lesion_pixels, brain_pixels=30):
+    tmax = np.full((8, 8), 2.0, np.float32)
+    tmax.flat[:lesion_pixels] = 9.0
+    brain = np.zeros((8, 8), np.float32)
+    brain.flat[:brain_pixels] = 1.0
+    return {"case": case, "tmax": tmax, "brain_mask": brain}
+
+  # case 0: slices with 3, 7, 5 lesion pixels; case 1: no lesion, the second slice has more brain;
+  # a lesion outside the brain does not count (slice 5: 40 lesion pixels, 30 in the brain).
+  records = [record(0, 3), record(0, 7), record(0, 5), record(1, 0, 20), record(1, 0, 25),
+             record(2, 40), record(2, 31, 40)]
+  assert evaluate.lesion_slices(records) == [1, 4, 6]
+  slices = {"net": [{"case": r["case"], "truth": r["tmax"], "prediction": r["tmax"] * 0}
+                    for r in (records[1], records[4], records[6])]}
+  path = report.lesion_figure(slices, 20.0, str(tmp_path / "lesions.png"))
+  assert (tmp_path / "lesions.png").stat().st_size > 1000 and path.endswith("lesions.png")
 
 
 def test_learning_curves_draw_every_map_and_the_dice(tmp_path):
