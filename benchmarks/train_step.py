@@ -27,6 +27,7 @@ from absl import app, flags
 
 from configs import teacher
 from pkd_jax import fileio, models, train
+from pkd_jax.data.case import TARGET_MAPS
 
 _SIZES = flags.DEFINE_list("sizes", ["demo", "paper"], "config scales to measure")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps per size (after one warm-up step)")
@@ -34,6 +35,17 @@ _PAPER_STEPS = flags.DEFINE_integer("paper_steps", 1, "timed steps at the paper 
 _STUDENT_SIZES = flags.DEFINE_list("student_sizes", ["demo"],
                                    "sizes at which to time a PKD student's step too")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/train_step.json", "JSON output path")
+# The peer-comparable step: exactly the work of shared/bench/torch_vnet.py (MAE of the three raw
+# maps, Adam(0.5, 0.99)), at a shape given on the command line, for benchmarks/compare_torch.py.
+_PEER = flags.DEFINE_boolean("peer-comparable", False,
+                             "time the step torch_vnet.py times (MAE only) at --batch/--frames/"
+                             "--size/--filters, print its JSON (last key median_step_s) and exit")
+_BATCH = flags.DEFINE_integer("batch", 2, "peer-comparable: batch size")
+_FRAMES = flags.DEFINE_integer("frames", 32, "peer-comparable: frames T")
+_SIZE = flags.DEFINE_integer("size", 64, "peer-comparable: H = W")
+_FILTERS = flags.DEFINE_integer("filters", 8, "peer-comparable: V-Net width F")
+_IMPLS = flags.DEFINE_string("impls", "", "peer-comparable: down,up,conv implementations "
+                             "(default: the teacher config's choice for this backend)")
 
 # Dense float32 peak FLOP/s of some GPUs (vendor data sheets, no tensor cores / TF32).
 GPU_PEAK_FP32 = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12, "V100": 15.7e12, "T4": 8.1e12,
@@ -139,8 +151,50 @@ def measure(scale: str, steps: int) -> dict:
   }
 
 
+def peer_config(batch: int, frames: int, size: int, filters: int, impls: str = ""):
+  """The teacher config reduced to torch_vnet.py's work: MAE of the raw maps, no other term."""
+  config = teacher.get_config("1,test")
+  with config.unlocked():
+    config.data.batch_size, config.model.filters = batch, filters
+    config.data.patch.num_frames, config.data.patch.height, config.data.patch.width = (
+        frames, size, size)
+    config.loss.mae, config.loss.ssim, config.loss.perceptual, config.loss.mse = 1.0, 0.0, 0.0, 0.0
+    config.data.map_ranges = {"tmax": 1.0, "cbv": 1.0, "cbf": 1.0}  # MAE of the maps as they are
+    config.train.steps = 1_000_000  # a learning rate that stays ~1e-3, like torch_vnet.py's
+    if impls:
+      config.model.down_impl, config.model.up_impl, config.model.conv_impl = impls.split(",")
+  return config
+
+
+def measure_peer(steps: int) -> dict:
+  """Median step time of the peer-comparable step (printed last as "median_step_s")."""
+  config = peer_config(_BATCH.value, _FRAMES.value, _SIZE.value, _FILTERS.value, _IMPLS.value)
+  model, tx = train.make_model(config), train.make_optimizer(config)
+  loss_config = train.LossConfig.from_config(config)
+  state = train.init_state(config, model, tx, 0)
+  num_params = models.count_params(state.params)
+  b, t, s = _BATCH.value, _FRAMES.value, _SIZE.value
+  rng = np.random.default_rng(0)
+  batch = {"x": rng.normal(size=(b, t, s, s, 1)).astype(np.float32)}
+  batch.update({k: rng.uniform(size=(b, s, s)).astype(np.float32) for k in TARGET_MAPS})
+  step = functools.partial(train.train_step, model=model, tx=tx, loss_config=loss_config)
+  start = time.perf_counter()
+  state, metrics = step(state, batch, None, None)
+  jax.block_until_ready(metrics)
+  first = time.perf_counter() - start
+  median = time_steps(step, state, batch, None, None, steps)
+  return {"impl": "jax", "jax": jax.__version__, "device": str(jax.devices()[0].device_kind),
+          "batch": b, "frames": t, "size": s, "filters": _FILTERS.value,
+          "impls": [config.model.down_impl, config.model.up_impl, config.model.conv_impl],
+          "params": num_params,
+          "first_step_s": round(first, 3), "median_step_s": round(median, 4)}
+
+
 def main(argv):
   del argv
+  if _PEER.value:
+    print(json.dumps(measure_peer(_STEPS.value)), flush=True)
+    return
   results = {"benchmark": "train_step", "device": str(jax.devices()[0].device_kind),
              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
              "sizes": []}
