@@ -71,11 +71,14 @@ def get_model_config() -> ml_collections.ConfigDict:
   model = ml_collections.ConfigDict()
   model.name = "vnet"  # a key of pkd_jax.models.MODELS
   model.filters = 16  # F: encoder widths F, 2F, 4F, 8F, 16F (the authors' 16)
-  # Exact re-formulations that are faster where XLA's 3D convolutions are slow (CPU); the
-  # parameters are the same, so a checkpoint works with either choice.
-  model.down_impl = "conv"  # "conv" (lax strided conv) or "space_to_depth" (reshape + matmul)
-  model.up_impl = "conv_transpose"  # "conv_transpose" or "depth_to_space" (matmul + reshape)
-  model.conv_impl = "conv3d"  # "conv3d" or "conv2d_sum" (three 2D convs over temporal shifts)
+  # Convolution implementations: exact re-formulations with the same parameters (a checkpoint
+  # works with any choice). "auto" picks the fastest measured form for the JAX backend
+  # (pkd_jax.models.vnet.AUTO_IMPLS: the reshaped/stacked forms on CPU, plain lax on GPU).
+  model.down_impl = "auto"  # "conv" (lax strided conv) or "space_to_depth" (reshape + matmul)
+  model.up_impl = "auto"  # "conv_transpose" or "depth_to_space" (matmul + reshape)
+  # "conv3d", "conv2d_sum" (three 2D convs over temporal shifts) or "conv2d_stacked" (one 2D
+  # conv of the temporal shifts stacked on the channels)
+  model.conv_impl = "auto"
   model.dtype = "float32"  # computation dtype: "float32" or "bfloat16" (parameters stay float32)
   # True: heads predict maps divided by data.map_ranges, multiplied back at the output (an
   # ablation; False, the paper's plain heads, overfits one batch better: tests/test_train.py).
@@ -161,7 +164,4 @@ def apply_scale(config: ml_collections.ConfigDict, scale: str) -> ml_collections
       # (experiments/teacher_mini.py): many more cases and steps
       data.num_cases.train, data.num_cases.validation, data.num_cases.test = 256, 4, 16
       train.steps, train.eval_every, train.log_every = 5000, 500, 25
-  if scale != "paper":  # the fast exact convolutions pay off on CPU, where small runs happen
-    model.down_impl, model.up_impl = "space_to_depth", "depth_to_space"
-    model.conv_impl = "conv2d_sum"
   return config

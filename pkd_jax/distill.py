@@ -196,6 +196,7 @@ class Teaching:
     self._variables = variables
     self.schedule = PKDSchedule(len(teachers), patience, min_delta, max_epochs_per_stage)
     self.epoch, self.epoch_kd_sum, self.epoch_kd_count = 0, 0.0, 0
+    self._pending_kd: list = []  # this epoch's KD losses not yet read from the device
     self._stacked: tuple[int, Any] | None = None  # (stage, stacked variables on device)
 
   @property
@@ -220,12 +221,19 @@ class Teaching:
     weights = teacher_weights(self.strategy, len(self.active()), step, self.seed, self.dgkd_drop)
     return {"variables": self._stacked[1], "weights": jnp.asarray(weights)}
 
-  def record_step(self, kd_loss: float) -> None:
-    self.epoch_kd_sum += float(kd_loss)
-    self.epoch_kd_count += 1
+  def record_step(self, kd_loss) -> None:
+    """Adds a step's KD loss (a float or a device scalar, read only when the epoch ends)."""
+    self._pending_kd.append(kd_loss)
+
+  def _flush(self) -> None:
+    if self._pending_kd:
+      self.epoch_kd_sum += float(np.sum(jax.device_get(self._pending_kd), dtype=np.float64))
+      self.epoch_kd_count += len(self._pending_kd)
+      self._pending_kd = []
 
   def end_epoch(self, step: int) -> dict[str, Any] | None:
     """Closes an epoch; returns the schedule's new entry if the next teacher takes over."""
+    self._flush()
     self.epoch += 1
     mean = self.epoch_kd_sum / max(self.epoch_kd_count, 1)
     self.epoch_kd_sum, self.epoch_kd_count = 0.0, 0
@@ -243,6 +251,7 @@ class Teaching:
     return [dict(h, teacher=self.teachers[h["stage"]].name) for h in self.schedule.history]
 
   def state_dict(self) -> dict[str, Any]:
+    self._flush()
     return dict(strategy=self.strategy, schedule=self.schedule.state_dict(), epoch=self.epoch,
                 epoch_kd_sum=self.epoch_kd_sum, epoch_kd_count=self.epoch_kd_count)
 
@@ -253,4 +262,4 @@ class Teaching:
     self.schedule = PKDSchedule.from_state_dict(state["schedule"])
     self.epoch, self.epoch_kd_sum = int(state["epoch"]), float(state["epoch_kd_sum"])
     self.epoch_kd_count = int(state["epoch_kd_count"])
-    self._stacked = None
+    self._pending_kd, self._stacked = [], None

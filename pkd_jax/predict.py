@@ -116,15 +116,11 @@ def _check_geometry(spec: dict[str, Any], geometry: Geometry) -> None:
 
 def run_config(spec: dict[str, Any], geometry: Geometry = Geometry()):
   """The config of a run rebuilt from its model.json and the preprocessing geometry."""
-  import jax  # pylint: disable=import-outside-toplevel
   from configs import base  # pylint: disable=import-outside-toplevel
 
   config = base.get_config()
   config.model.name = spec["model"]
   config.model.filters = int(spec["filters"])
-  if jax.default_backend() == "cpu":  # exact re-formulations, same parameters, faster on CPU
-    config.model.down_impl, config.model.up_impl = "space_to_depth", "depth_to_space"
-    config.model.conv_impl = "conv2d_sum"
   config.data.height, config.data.width = geometry.height, geometry.width
   config.data.num_frames = geometry.num_frames
   config.data.frame_interval_s = float(spec["frame_interval_s"])

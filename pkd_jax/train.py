@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from pkd_jax import distill, fileio, inference, losses, models
 from pkd_jax.data import pipeline, temporal
+from pkd_jax.models import vnet
 from pkd_jax.data.case import TARGET_MAPS, TMAX_THRESHOLD_S
 from pkd_jax.errors import InputError, TrainingStopped
 from pkd_jax.models import vgg
@@ -71,6 +72,13 @@ class LossConfig:
                float(distill_config.lambda_total), distill.combine_mode(distill_config.strategy))
 
 
+def model_impls(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """config.model's convolution implementations, "auto" resolved for the default JAX backend."""
+  m = config.model
+  return vnet.resolve_impls(jax.default_backend(), down_impl=m.down_impl, up_impl=m.up_impl,
+                            conv_impl=m.conv_impl)
+
+
 def make_model(config: ml_collections.ConfigDict):
   """The network of config.model, for inputs of config.data.patch.num_frames frames."""
   m = config.model
@@ -81,8 +89,7 @@ def make_model(config: ml_collections.ConfigDict):
     scales = (tuple(float(config.data.map_ranges[k]) for k in TARGET_MAPS)
               if m.scale_outputs else None)
     return models.get_model(m.name, filters=m.filters, num_frames=config.data.patch.num_frames,
-                            down_impl=m.down_impl, up_impl=m.up_impl, conv_impl=m.conv_impl,
-                            dtype=dtypes[m.dtype], output_scales=scales)
+                            dtype=dtypes[m.dtype], output_scales=scales, **model_impls(config))
   except ValueError as e:
     raise InputError("config.model", str(e)) from e
 
@@ -399,6 +406,20 @@ def _append_history(workdir: str, step: int, val: dict[str, float]) -> None:
   fileio.write_json(path, history + [dict(step=step, **val)])
 
 
+def _check_finite(pending: list, done: int, last_good: int | None, directory) -> float:
+  """The last of the losses of steps done - len(pending) + 1 .. done (device scalars, read now);
+  TrainingStopped at the first that is not finite."""
+  losses = np.asarray(jax.device_get(pending), np.float64)
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    step, loss = done - len(losses) + int(bad[0]) + 1, losses[bad[0]]
+    raise TrainingStopped(
+        f"non-finite loss ({loss}) at step {step}; stopped. The last good checkpoint is step "
+        f"{last_good} in {directory}" if last_good is not None else
+        f"non-finite loss ({loss}) at step {step}; stopped before any checkpoint")
+  return float(losses[-1])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        teaching: distill.Teaching | None = None) -> dict[str, float]:
   """Trains config's model in workdir (resuming if it holds checkpoints); returns final metrics.
@@ -428,7 +449,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_step, total = int(state.step), int(config.train.steps)
   factors, factor = config.data.factors, config.train.factor
   step_fn = functools.partial(train_step, model=model, tx=tx, loss_config=loss_config)
-  last_good, val = manager.latest_step(), {}
+  last_good, val, pending = manager.latest_step(), {}, []
   name = f"1/{factor}" if factor > 1 else "full"
   describe = lambda: (f"train {name}" if teaching is None else
                       f"student {name} <- teacher {teaching.describe()}")
@@ -444,15 +465,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       else:
         batch = device_batch(batch, factors, factor)
       state, metrics = step_fn(state, batch, teachers, perceptual)
-      loss = float(metrics["loss"])
-      if not np.isfinite(loss):
-        raise TrainingStopped(
-            f"non-finite loss ({loss}) at step {step + 1}; stopped. The last good checkpoint is "
-            f"step {last_good} in {manager.directory}" if last_good is not None else
-            f"non-finite loss ({loss}) at step {step + 1}; stopped before any checkpoint")
+      # No host round trip per step: the losses stay on the device until the next log or
+      # validation step (or the end of a distillation epoch) reads them.
+      pending.append(metrics["loss"])
       done = step + 1
       if teaching is not None:
-        teaching.record_step(float(metrics["kd"]))
+        teaching.record_step(metrics["kd"])
         if done % steps_per_epoch == 0:
           switch = teaching.end_epoch(done)
           writer.add_scalar("distill/epoch_kd", teaching.last_epoch_kd, done)
@@ -463,12 +481,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       f"over ({switch['reason']})")
             writer.add_text("distill/schedule", json.dumps(switch), done)
           fileio.write_json(os.path.join(workdir, "schedule.json"), teaching.history())
+      is_eval = done % config.train.eval_every == 0 or done == total
+      if is_eval or done % config.train.log_every == 0:
+        loss = _check_finite(pending, done, last_good, manager.directory)
+        pending = []
       if done % config.train.log_every == 0 or done == total:
         bar.set_postfix(loss=f"{loss:.4f}")
         for k, v in jax.device_get(metrics).items():
           writer.add_scalar(f"train/{k}", float(v), done)
         writer.add_scalar("train/learning_rate", float(make_schedule(config)(done)), done)
-      if done % config.train.eval_every == 0 or done == total:
+      if is_eval:
         val = evaluate(state, val_data, config, model, loss_config, perceptual)
         for k, v in val.items():
           writer.add_scalar(f"validation/{k}", v, done)

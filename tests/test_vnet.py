@@ -10,8 +10,8 @@ import pytest
 from pkd_jax import models
 from pkd_jax.models import vnet
 
-FAST = dict(down_impl="space_to_depth", up_impl="depth_to_space", conv_impl="conv2d_sum")
-PLAIN = dict(down_impl="conv", up_impl="conv_transpose", conv_impl="conv3d")
+FAST = vnet.FAST_IMPLS
+PLAIN = vnet.PLAIN_IMPLS
 
 
 def _init_shapes(model, shape, dtype=jnp.float32):
@@ -38,6 +38,8 @@ _PAIRS = {
                        (2, 2, 2, 3, 5)),
     "conv2d_sum": (vnet.conv3d_same_as_conv2d_sum, vnet.conv3d_same, (2, 4, 6, 5, 3),
                    (3, 3, 3, 3, 4)),
+    "conv2d_stacked": (vnet.conv3d_same_as_conv2d_stacked, vnet.conv3d_same, (2, 4, 6, 5, 3),
+                       (3, 3, 3, 3, 4)),
 }
 
 
@@ -225,7 +227,7 @@ def test_frames_not_a_multiple_of_16_is_a_clear_error():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(down_impl="pool"), "down_impl.*'pool'.*conv, space_to_depth"),
     (dict(up_impl="nearest"), "up_impl.*'nearest'.*conv_transpose, depth_to_space"),
-    (dict(conv_impl="fft"), "conv_impl.*'fft'.*conv3d, conv2d_sum"),
+    (dict(conv_impl="fft"), "conv_impl.*'fft'.*conv3d, conv2d_sum, conv2d_stacked"),
     (dict(filters=0), "filters"),
 ])
 def test_bad_settings_are_clear_errors(kwargs, match):
@@ -238,3 +240,11 @@ def test_registry():
   assert isinstance(models.get_model("vnet", filters=4), vnet.VNet)
   with pytest.raises(ValueError, match="unknown model 'unet'.*valid: vnet"):
     models.get_model("unet")
+
+
+def test_auto_implementations_are_the_fast_forms_on_cpu_and_plain_elsewhere():
+  auto = dict(down_impl="auto", up_impl="auto", conv_impl="auto")
+  assert vnet.resolve_impls("cpu", **auto) == vnet.FAST_IMPLS
+  assert vnet.resolve_impls("gpu", **auto) == vnet.PLAIN_IMPLS
+  assert vnet.resolve_impls("cpu", down_impl="conv", up_impl="auto", conv_impl="conv2d_sum") == dict(
+      down_impl="conv", up_impl="depth_to_space", conv_impl="conv2d_sum")
