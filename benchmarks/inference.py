@@ -20,6 +20,7 @@ from absl import app, flags
 
 from pkd_jax import deconvolution, fileio, inference, models
 from pkd_jax.data import phantom
+from pkd_jax.models import vnet
 
 _FILTERS = flags.DEFINE_integer("filters", 16, "V-Net width F")
 _IMPL = flags.DEFINE_enum("impl", "fast", ["fast", "plain"], "convolution implementations")
@@ -30,8 +31,7 @@ _OUT = flags.DEFINE_string("out", "benchmarks/results/inference.json", "JSON out
 
 def main(argv):
   del argv
-  impls = (dict(down_impl="space_to_depth", up_impl="depth_to_space", conv_impl="conv2d_sum")
-           if _IMPL.value == "fast" else {})
+  impls = vnet.FAST_IMPLS if _IMPL.value == "fast" else vnet.PLAIN_IMPLS
   model = models.get_model("vnet", filters=_FILTERS.value, num_frames=32, **impls)
   x = jnp.zeros((_BATCH.value, 40, 256, 256, 1), jnp.float32)  # whole 40-frame series
   variables = jax.jit(lambda k: model.init(k, x[:1, :32], train=False))(

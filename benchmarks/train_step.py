@@ -137,7 +137,7 @@ def measure(scale: str, steps: int) -> dict:
   return {
       "scale": scale, "batch": b, "patch_t_h_w": [p.num_frames, p.height, p.width],
       "filters": config.model.filters,
-      "impls": [config.model.down_impl, config.model.up_impl, config.model.conv_impl],
+      "impls": list(train.model_impls(config).values()),
       "perceptual_weight": config.loss.perceptual,
       "params": num_params,
       "compile_s": round(compile_s, 2), "median_step_s": round(median, 4),
@@ -185,7 +185,7 @@ def measure_peer(steps: int) -> dict:
   median = time_steps(step, state, batch, None, None, steps)
   return {"impl": "jax", "jax": jax.__version__, "device": str(jax.devices()[0].device_kind),
           "batch": b, "frames": t, "size": s, "filters": _FILTERS.value,
-          "impls": [config.model.down_impl, config.model.up_impl, config.model.conv_impl],
+          "impls": list(train.model_impls(config).values()),
           "params": num_params,
           "first_step_s": round(first, 3), "median_step_s": round(median, 4)}
 
