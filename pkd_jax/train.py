@@ -35,10 +35,9 @@ from tqdm import tqdm
 
 from pkd_jax import distill, fileio, inference, losses, models
 from pkd_jax.data import pipeline, temporal
-from pkd_jax.models import vnet
 from pkd_jax.data.case import TARGET_MAPS, TMAX_THRESHOLD_S
 from pkd_jax.errors import InputError, TrainingStopped
-from pkd_jax.models import vgg
+from pkd_jax.models import vgg, vnet
 
 MODEL_SPEC_FILE = "model.json"  # what a workdir's checkpoints are checkpoints of
 

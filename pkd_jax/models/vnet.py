@@ -26,7 +26,11 @@ parameters, so a checkpoint works with either:
 * ``up_impl="depth_to_space"``: its transpose is a matmul to ``8 Cout`` channels followed by
   depth-to-space;
 * ``conv_impl="conv2d_sum"``: a 3x3x3 SAME convolution is three 2D 3x3 convolutions over (H, W),
-  T folded into the batch, applied to the input shifted by -1, 0, +1 frames and summed.
+  T folded into the batch, applied to the input shifted by -1, 0, +1 frames and summed;
+* ``conv_impl="conv2d_stacked"``: the same three shifted inputs stacked on the channel axis and
+  convolved once by a 2D 3x3 convolution with 3 Cin input channels.
+
+:func:`resolve_impls` turns "auto" into the forms fastest on a JAX backend (:data:`AUTO_IMPLS`).
 
 Kernels are stored as ``(kT, kH, kW, Cin, Cout)`` (``DHWIO``) float32; ``dtype`` is the computation
 dtype (inputs and kernels are cast to it; BatchNorm statistics are reduced in float32).
@@ -50,8 +54,9 @@ DOWN_IMPLS = ("conv", "space_to_depth")
 UP_IMPLS = ("conv_transpose", "depth_to_space")
 CONV_IMPLS = ("conv3d", "conv2d_sum", "conv2d_stacked")
 
-# The exact forms that are fastest per JAX backend (benchmarks/compare_torch.py; the V-Net step at
-# (2, 32, 64, 8) on a 2-core CPU: conv2d_stacked 1.09 s, conv2d_sum 1.36 s, conv3d ~4x slower);
+# The exact forms that are fastest per JAX backend (measured with benchmarks/train_step.py
+# --peer-comparable at (2, 32, 64, 8) on a 2-core CPU: conv2d_stacked 1.09 s a step, conv2d_sum
+# 1.36 s; one 3x3x3 layer's forward and gradients take the plain 3D convolution ~4x conv2d_sum's);
 # "auto" in a config picks these, backends not listed get the plain lax convolutions (GPU).
 FAST_IMPLS = {"down_impl": "space_to_depth", "up_impl": "depth_to_space",
               "conv_impl": "conv2d_stacked"}
