@@ -11,6 +11,23 @@ import ml_collections
 SCALES = ("test", "demo", "mini", "paper")
 
 
+def parse_arg(arg: str | None, what: str, valid: tuple[str, ...], default: str) -> tuple[str, str]:
+  """A role's config string "KIND[,SCALE]" (in either order) -> (kind, scale).
+
+  e.g. teacher "8,demo" -> ("8", "demo"), student "pkd" -> ("pkd", "paper"). what names the kind
+  in errors ("temporal factor", "strategy"); a missing kind is default, a missing scale "paper".
+  """
+  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+  unknown = [p for p in parts if p not in valid and p not in SCALES]
+  if unknown:
+    raise ValueError(f"bad config string {arg!r}: {unknown[0]!r} is neither a {what} "
+                     f"({', '.join(valid)}) nor a scale ({', '.join(SCALES)})")
+  kinds, scales = [p for p in parts if p in valid], [p for p in parts if p in SCALES]
+  if len(kinds) > 1 or len(scales) > 1:
+    raise ValueError(f"bad config string {arg!r}: expected one {what} and at most one scale")
+  return (kinds[0] if kinds else default), (scales[0] if scales else "paper")
+
+
 def get_data_config() -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict()
   data.source = "phantom"  # "phantom" (built-in, exact ground truth) or "nifti" (files on disk)

@@ -2,7 +2,7 @@
 
 Config string: ``configs/student.py:STRATEGY[,SCALE]`` with STRATEGY one of none (no
 distillation, the paper's "w/o PKD"), kd, takd, mtkd, dgkd, pkd (default) and SCALE one of test,
-demo, paper (default paper), e.g.
+demo, mini, paper (default paper), e.g.
 
     python -m pkd_jax.main --config=configs/student.py:pkd,demo --workdir=runs/demo
 
@@ -19,13 +19,7 @@ STRATEGIES = ("none", "kd", "takd", "mtkd", "dgkd", "pkd")
 
 
 def get_config(arg: str | None = None):
-  parts = [p.strip() for p in (arg or "pkd").split(",") if p.strip()]
-  strategy = next((p for p in parts if p in STRATEGIES), None)
-  scales = [p for p in parts if p not in STRATEGIES]
-  if strategy is None or len(scales) > 1 or (scales and scales[0] not in base.SCALES):
-    raise ValueError(f"bad config string {arg!r}: expected STRATEGY[,SCALE] with STRATEGY in "
-                     f"{', '.join(STRATEGIES)} and SCALE in {', '.join(base.SCALES)}")
-  scale = scales[0] if scales else "paper"
+  strategy, scale = base.parse_arg(arg, "strategy", STRATEGIES, "pkd")
   config = base.apply_scale(base.get_config(), scale)
   config.role = "student"
   config.train.factor = 16  # the student sees 1/16 of the frames

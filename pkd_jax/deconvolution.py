@@ -89,11 +89,9 @@ import numpy as np
 from scipy import ndimage
 
 from pkd_jax.data import temporal
-from pkd_jax.data.case import Case
+from pkd_jax.data.case import K_H, RHO_G_PER_ML, Case
 from pkd_jax.errors import InputError
 
-RHO_G_PER_ML = 1.04  # brain tissue density (as the phantom)
-K_H = 0.73  # hematocrit correction (as the phantom)
 METHODS = ("bsvd", "osvd")
 DEFAULT_THRESHOLD = 0.1  # bSVD: fraction of the largest singular value kept (Wu et al. 2003)
 DEFAULT_OI_THRESHOLD = 0.035  # oSVD: oscillation index limit (dsc-mri-toolbox default)

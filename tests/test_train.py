@@ -138,12 +138,12 @@ def _main(tmp_path, *args):
 @pytest.mark.parametrize("args,message", [
     (["--config=configs/teacher.py:8,test", "--config.train.nonexistent=1"],
      "no such config field 'nonexistent'"),
-    (["--config=configs/teacher.py:3,test"], "temporal factor 3 is not one of"),
+    (["--config=configs/teacher.py:3,test"], "'3' is neither a temporal factor"),
     (["--config=configs/teacher.py:8,test", "--config.data.patch.height=24"],
      "does not divide by 16"),
     (["--config=configs/teacher.py:8,test", "--config.loss.perceptual_weights=/nope/vgg16.npz"],
      "/nope/vgg16.npz"),
-    (["--config=configs/teacher.py:8,huge"], "unknown scale 'huge'"),
+    (["--config=configs/teacher.py:8,huge"], "'huge' is neither a temporal factor (1, 2, 4, 8) nor a scale"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, args, message):
   result = _main(tmp_path, *args)

@@ -29,6 +29,10 @@ MAP_UNITS = {
 TARGET_MAPS = ("tmax", "cbv", "cbf")
 # RAPID's hypoperfusion threshold (Tmax > 6 s; Lansberg et al., DEFUSE 2).
 TMAX_THRESHOLD_S = 6.0
+# Indicator-dilution constants, C_t = (rho / k_H) CBF (C_a * R): the phantom's forward model and
+# the deconvolution's inverse share them (Ostergaard et al. 1996; Fieselmann et al. 2011).
+RHO_G_PER_ML = 1.04  # brain tissue density
+K_H = 0.73  # hematocrit correction, (1 - Hct_large) / (1 - Hct_small)
 
 
 @dataclasses.dataclass

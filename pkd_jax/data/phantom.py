@@ -53,11 +53,8 @@ import numpy as np
 from scipy import ndimage
 
 from pkd_jax import fileio
-from pkd_jax.data.case import Case
+from pkd_jax.data.case import K_H, RHO_G_PER_ML, Case
 from pkd_jax.errors import InputError, exit_on_input_error
-
-RHO_G_PER_ML = 1.04  # brain tissue density
-K_H = 0.73  # hematocrit correction, (1 - Hct_large) / (1 - Hct_small)
 
 RESIDUE_SHAPES = ("exponential", "box", "dispersed")
 
