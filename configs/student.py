@@ -14,8 +14,7 @@ in WORKDIR/student_<strategy>, evaluates it on the test split and writes WORKDIR
 import ml_collections
 
 from configs import base
-
-STRATEGIES = ("none", "kd", "takd", "mtkd", "dgkd", "pkd")
+from pkd_jax.distill import STRATEGIES
 
 
 def get_config(arg: str | None = None):
