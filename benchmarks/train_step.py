@@ -46,6 +46,8 @@ _SIZE = flags.DEFINE_integer("size", 64, "peer-comparable: H = W")
 _FILTERS = flags.DEFINE_integer("filters", 8, "peer-comparable: V-Net width F")
 _IMPLS = flags.DEFINE_string("impls", "", "peer-comparable: down,up,conv implementations "
                              "(default: the teacher config's choice for this backend)")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                          "peer-comparable: computation dtype (model.dtype)")
 
 # Dense float32 peak FLOP/s of some GPUs (vendor data sheets, no tensor cores / TF32).
 GPU_PEAK_FP32 = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12, "V100": 15.7e12, "T4": 8.1e12,
@@ -151,7 +153,8 @@ def measure(scale: str, steps: int) -> dict:
   }
 
 
-def peer_config(batch: int, frames: int, size: int, filters: int, impls: str = ""):
+def peer_config(batch: int, frames: int, size: int, filters: int, impls: str = "",
+                dtype: str = "float32"):
   """The teacher config reduced to torch_vnet.py's work: MAE of the raw maps, no other term."""
   config = teacher.get_config("1,test")
   with config.unlocked():
@@ -161,6 +164,7 @@ def peer_config(batch: int, frames: int, size: int, filters: int, impls: str = "
     config.loss.mae, config.loss.ssim, config.loss.perceptual, config.loss.mse = 1.0, 0.0, 0.0, 0.0
     config.data.map_ranges = {"tmax": 1.0, "cbv": 1.0, "cbf": 1.0}  # MAE of the maps as they are
     config.train.steps = 1_000_000  # a learning rate that stays ~1e-3, like torch_vnet.py's
+    config.model.dtype = dtype
     if impls:
       config.model.down_impl, config.model.up_impl, config.model.conv_impl = impls.split(",")
   return config
@@ -168,7 +172,8 @@ def peer_config(batch: int, frames: int, size: int, filters: int, impls: str = "
 
 def measure_peer(steps: int) -> dict:
   """Median step time of the peer-comparable step (printed last as "median_step_s")."""
-  config = peer_config(_BATCH.value, _FRAMES.value, _SIZE.value, _FILTERS.value, _IMPLS.value)
+  config = peer_config(_BATCH.value, _FRAMES.value, _SIZE.value, _FILTERS.value, _IMPLS.value,
+                       _DTYPE.value)
   model, tx = train.make_model(config), train.make_optimizer(config)
   loss_config = train.LossConfig.from_config(config)
   state = train.init_state(config, model, tx, 0)
@@ -184,7 +189,7 @@ def measure_peer(steps: int) -> dict:
   first = time.perf_counter() - start
   median = time_steps(step, state, batch, None, None, steps)
   return {"impl": "jax", "jax": jax.__version__, "device": str(jax.devices()[0].device_kind),
-          "batch": b, "frames": t, "size": s, "filters": _FILTERS.value,
+          "batch": b, "frames": t, "size": s, "filters": _FILTERS.value, "dtype": _DTYPE.value,
           "impls": list(train.model_impls(config).values()),
           "params": num_params,
           "first_step_s": round(first, 3), "median_step_s": round(median, 4)}
