@@ -102,7 +102,7 @@ def time_steps(step, state, batch, teachers, perceptual, steps: int) -> float:
 
 def measure(scale: str, steps: int) -> dict:
   config = teacher.get_config(f"1,{scale}")
-  model, tx = train.make_model(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), train.make_optimizer(config)
   loss_config = train.LossConfig.from_config(config)
   perceptual = train.make_perceptual(config)
   state = train.init_state(config, model, tx, 0)
@@ -139,7 +139,7 @@ def measure(scale: str, steps: int) -> dict:
   return {
       "scale": scale, "batch": b, "patch_t_h_w": [p.num_frames, p.height, p.width],
       "filters": config.model.filters,
-      "impls": list(train.model_impls(config).values()),
+      "impls": list(models.impls_from_config(config).values()),
       "perceptual_weight": config.loss.perceptual,
       "params": num_params,
       "compile_s": round(compile_s, 2), "median_step_s": round(median, 4),
@@ -174,7 +174,7 @@ def measure_peer(steps: int) -> dict:
   """Median step time of the peer-comparable step (printed last as "median_step_s")."""
   config = peer_config(_BATCH.value, _FRAMES.value, _SIZE.value, _FILTERS.value, _IMPLS.value,
                        _DTYPE.value)
-  model, tx = train.make_model(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), train.make_optimizer(config)
   loss_config = train.LossConfig.from_config(config)
   state = train.init_state(config, model, tx, 0)
   num_params = models.count_params(state.params)
@@ -190,7 +190,7 @@ def measure_peer(steps: int) -> dict:
   median = time_steps(step, state, batch, None, None, steps)
   return {"impl": "jax", "jax": jax.__version__, "device": str(jax.devices()[0].device_kind),
           "batch": b, "frames": t, "size": s, "filters": _FILTERS.value, "dtype": _DTYPE.value,
-          "impls": list(train.model_impls(config).values()),
+          "impls": list(models.impls_from_config(config).values()),
           "params": num_params,
           "first_step_s": round(first, 3), "median_step_s": round(median, 4)}
 

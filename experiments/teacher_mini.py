@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import teacher as teacher_config
 import numpy as np
 
-from pkd_jax import evaluate, fileio, report, train
+from pkd_jax import evaluate, fileio, models, report, train
 from pkd_jax.data.case import TARGET_MAPS
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/teacher_mini", "the teacher's run folder")
@@ -74,7 +74,7 @@ def comparison(config, workdir: str) -> dict:
   """The teacher (best validation checkpoint) and the reference rows on the test split, with the
   one-tailed paired t-tests over cases (H1: the teacher's RMSE is lower)."""
   records = evaluate.split_records(config, "test")
-  model = train.make_model(config)
+  model = models.from_config(config)
   variables = train.load_variables(workdir, config, "best")
   teacher = evaluate.evaluate_variables(config, model, variables, 1, records=records)
   rows = {"teacher_x1": summary(teacher["per_case"], teacher["tmax_gt6_dice"])}

@@ -23,7 +23,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from pkd_jax import distill, evaluate, fileio, report, train
+from pkd_jax import distill, evaluate, fileio, models, report, train
 from pkd_jax.distill import TeacherSpec
 
 
@@ -128,7 +128,7 @@ class Job:
                 for s in self.specs]
     records = evaluate.split_records(self.config, "test")
     for name, cfg, folder in entries:
-      model = train.make_model(cfg)
+      model = models.from_config(cfg)
       variables = train.load_variables(folder, cfg)
       result = evaluate.evaluate_variables(cfg, model, variables, cfg.train.factor, records=records)
       rows.append(dict(method=name, factor=cfg.train.factor, per_case=result["per_case"],
@@ -171,7 +171,7 @@ class Job:
 
 def evaluate_teacher(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   """Scores one trained teacher (a teacher config's workdir) on the test split; writes its report."""
-  model, variables = train.make_model(config), train.load_variables(workdir, config)
+  model, variables = models.from_config(config), train.load_variables(workdir, config)
   result = evaluate.evaluate_variables(config, model, variables, config.train.factor)
   rows = [dict(method=f"teacher x{config.train.factor}", factor=config.train.factor,
                per_case=result["per_case"])]

@@ -138,7 +138,7 @@ def run_config(spec: dict[str, Any], geometry: Geometry = Geometry()):
 def load_run(workdir: os.PathLike | str, geometry: Geometry = Geometry(),
              which: str = "best") -> Run:
   """Loads a trained run folder's model: the "best" (validation loss) or "latest" checkpoint."""
-  from pkd_jax import train  # pylint: disable=import-outside-toplevel
+  from pkd_jax import models, train  # pylint: disable=import-outside-toplevel
 
   if which not in ("best", "latest"):
     raise InputError("checkpoint", f"must be 'best' or 'latest', got {which!r}")
@@ -146,7 +146,7 @@ def load_run(workdir: os.PathLike | str, geometry: Geometry = Geometry(),
   geometry = dataclasses.replace(geometry, frame_interval_s=float(spec["frame_interval_s"]))
   _check_geometry(spec, geometry)
   config = run_config(spec, geometry)
-  model = train.make_model(config)
+  model = models.from_config(config)
   try:
     variables = train.load_variables(str(workdir), config, which)
   except InputError:

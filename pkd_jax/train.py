@@ -37,7 +37,7 @@ from pkd_jax import distill, fileio, inference, losses, models
 from pkd_jax.data import pipeline, temporal
 from pkd_jax.data.case import TARGET_MAPS, TMAX_THRESHOLD_S
 from pkd_jax.errors import InputError, TrainingStopped
-from pkd_jax.models import vgg, vnet
+from pkd_jax.models import vgg
 
 MODEL_SPEC_FILE = "model.json"  # what a workdir's checkpoints are checkpoints of
 
@@ -69,28 +69,6 @@ class LossConfig:
       return cls(weights, ranges)
     return cls(weights, ranges, float(distill_config.lambda_kd),
                float(distill_config.lambda_total), distill.combine_mode(distill_config.strategy))
-
-
-def model_impls(config: ml_collections.ConfigDict) -> dict[str, str]:
-  """config.model's convolution implementations, "auto" resolved for the default JAX backend."""
-  m = config.model
-  return vnet.resolve_impls(jax.default_backend(), down_impl=m.down_impl, up_impl=m.up_impl,
-                            conv_impl=m.conv_impl)
-
-
-def make_model(config: ml_collections.ConfigDict):
-  """The network of config.model, for inputs of config.data.patch.num_frames frames."""
-  m = config.model
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if m.dtype not in dtypes:
-    raise InputError("config.model.dtype", f"unknown dtype {m.dtype!r}; valid: {sorted(dtypes)}")
-  try:
-    scales = (tuple(float(config.data.map_ranges[k]) for k in TARGET_MAPS)
-              if m.scale_outputs else None)
-    return models.get_model(m.name, filters=m.filters, num_frames=config.data.patch.num_frames,
-                            dtype=dtypes[m.dtype], output_scales=scales, **model_impls(config))
-  except ValueError as e:
-    raise InputError("config.model", str(e)) from e
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -328,7 +306,7 @@ def load_variables(workdir: str, config: ml_collections.ConfigDict,
                    which: str = "best") -> dict[str, Any]:
   """A trained model's variables (params, batch_stats): the "best" (by validation loss) or the
   "latest" checkpoint of workdir."""
-  model, tx = make_model(config), make_optimizer(config)
+  model, tx = models.from_config(config), make_optimizer(config)
   path = os.path.join(workdir, MODEL_SPEC_FILE)
   if not os.path.exists(path):
     raise InputError(workdir, "no trained model here (no model.json)")
@@ -431,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   check_config(config)
   check_workdir_spec(workdir, model_spec(config))
-  model, tx = make_model(config), make_optimizer(config)
+  model, tx = models.from_config(config), make_optimizer(config)
   loss_config = LossConfig.from_config(config)
   perceptual = make_perceptual(config)
   source = pipeline.make_source(config.data, "train")  # the phantom: config.data.seed

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import student as student_config
-from pkd_jax import distill, job, losses, train
+from pkd_jax import distill, job, losses, models, train
 from pkd_jax.data import pipeline, preprocess, temporal
 from pkd_jax.errors import InputError
 from tests.helpers import config_with
@@ -103,7 +103,7 @@ def test_dgkd_drops_reproducibly_and_others_average():
 
 
 def _model_and_teachers(config, seeds):
-  model, tx = train.make_model(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), train.make_optimizer(config)
   variables = {}
   for s in seeds:
     state = train.init_state(config, model, tx, s)

@@ -174,11 +174,11 @@ def test_ttp_floor_scores_tmax_and_takes_the_constant_cbv_cbf():
 
 
 def test_job_report_has_the_classical_rows_and_the_floors(tmp_path, monkeypatch):
-  from pkd_jax import job, train  # pylint: disable=import-outside-toplevel
+  from pkd_jax import job, models, train  # pylint: disable=import-outside-toplevel
 
   config = student_config.get_config("pkd,test")
   # No trained networks: every network row is the constant predictor (the report is under test).
-  monkeypatch.setattr(train, "make_model", lambda cfg: None)
+  monkeypatch.setattr(models, "from_config", lambda cfg: None)
   monkeypatch.setattr(train, "load_variables", lambda folder, cfg, *args: None)
 
   def fake_network(cfg, model, variables, factor, split="test", batch_size=4, records=None):

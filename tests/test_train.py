@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import teacher as teacher_config
-from pkd_jax import train
+from pkd_jax import models, train
 from pkd_jax.data import pipeline
 from tests.helpers import config_with
 
@@ -32,7 +32,7 @@ def _one_batch(config):
 
 def test_tiny_model_overfits_one_batch():
   config = _config(train__steps=150, train__learning_rate=3e-3)
-  model, tx = train.make_model(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), train.make_optimizer(config)
   state = train.init_state(config, model, tx, 0)
   batch = _one_batch(config)
   perceptual = train.make_perceptual(config)
@@ -46,7 +46,7 @@ def test_tiny_model_overfits_one_batch():
 
 
 def _losses_after(config, steps: int) -> list[float]:
-  model, tx = train.make_model(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), train.make_optimizer(config)
   state = train.init_state(config, model, tx, 0)
   batch = _one_batch(config)
   step = functools.partial(train.train_step, model=model, tx=tx,
@@ -110,7 +110,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
 
 def test_train_step_compiles_once_for_different_teachers():
   config = _config()
-  model, tx = train.make_model(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), train.make_optimizer(config)
   loss_config = train.LossConfig.from_config(config)
   state = train.init_state(config, model, tx, 0)
   teachers = []
@@ -183,7 +183,7 @@ def test_best_checkpoint_is_the_lowest_validation_loss_and_survives_the_keep_pol
   """Step 2 has the lowest validation loss: with keep=1 it must stay on disk, reopened managers
   must call it best, and load_variables / predict's "best" must load it (not the latest)."""
   config = _config()
-  model, tx = train.make_model(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), train.make_optimizer(config)
   state = train.init_state(config, model, tx, 0)
   train.check_workdir_spec(str(tmp_path), train.model_spec(config))
   manager = train.checkpoint_manager(str(tmp_path), keep=1)
