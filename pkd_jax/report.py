@@ -90,6 +90,16 @@ def volumes_table(rows: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _label_panel(ax, title: str, ylabel: str) -> None:
+  """An image panel of a figure grid: no ticks; a column title and a row label where given."""
+  ax.set_xticks([])
+  ax.set_yticks([])
+  if title:
+    ax.set_title(title)
+  if ylabel:
+    ax.set_ylabel(ylabel)
+
+
 def comparison_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[str, np.ndarray]],
                       ranges: dict[str, float], path: str, title: str = "") -> str:
   """A Figure 2 style PNG: rows ground truth and methods, columns Tmax, CBV, CBF, one colour
@@ -109,12 +119,8 @@ def comparison_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[
       error_row = row == len(rows) - 1
       image = ax.imshow(maps[key], cmap="magma" if error_row else ("jet" if key == "tmax" else "viridis"),
                         vmin=0, vmax=ranges[key] * (0.5 if error_row else 1))
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if row == 0:
-        ax.set_title(f"{TITLES[key]} ({MAP_UNITS[key]})")
-      if col == 0:
-        ax.set_ylabel(name)
+      _label_panel(ax, f"{TITLES[key]} ({MAP_UNITS[key]})" if row == 0 else "",
+                   name if col == 0 else "")
       if row in (0, len(rows) - 1):
         fig.colorbar(image, ax=axes[:-1, col] if row == 0 else ax, shrink=0.8)
   if title:
@@ -146,12 +152,7 @@ def lesion_figure(slices: dict[str, Sequence[dict[str, Any]]], tmax_range: float
       truth = first[col]["truth"]
       if np.any(truth > threshold_s):
         ax.contour(truth > threshold_s, levels=[0.5], colors="white", linewidths=0.8)
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if row == 0:
-        ax.set_title(f"case {first[col]['case']}")
-      if col == 0:
-        ax.set_ylabel(name)
+      _label_panel(ax, f"case {first[col]['case']}" if row == 0 else "", name if col == 0 else "")
   fig.colorbar(shown, ax=axes, shrink=0.6, label=f"{TITLES['tmax']} ({MAP_UNITS['tmax']})")
   fig.suptitle(title or f"Tmax; white: the true Tmax > {threshold_s:g} s region")
   return fileio.save_figure(fig, path)
