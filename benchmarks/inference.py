@@ -3,7 +3,7 @@
     python benchmarks/inference.py [--filters 16] [--impl fast|plain] [--batch 4] [--out FILE]
 
 The network: the paper-size V-Net (F = 16, T = 32) applied to whole 256 x 256 slices (the
-T-window rule of pkd_jax.evaluate), compile time reported separately from the timed calls. bSVD:
+T-window rule of pkd_jax.inference), compile time reported separately from the timed calls. bSVD:
 block-circulant truncated SVD deconvolution (pkd_jax.deconvolution) of a phantom case with its
 true AIF. Both on random-initialised / phantom inputs: speed does not depend on the values.
 """

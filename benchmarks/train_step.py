@@ -28,6 +28,7 @@ from absl import app, flags
 from configs import teacher
 from pkd_jax import fileio, models, train
 from pkd_jax.data.case import TARGET_MAPS
+from pkd_jax.state import init_state, make_optimizer
 
 _SIZES = flags.DEFINE_list("sizes", ["demo", "paper"], "config scales to measure")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps per size (after one warm-up step)")
@@ -102,10 +103,10 @@ def time_steps(step, state, batch, teachers, perceptual, steps: int) -> float:
 
 def measure(scale: str, steps: int) -> dict:
   config = teacher.get_config(f"1,{scale}")
-  model, tx = models.from_config(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), make_optimizer(config)
   loss_config = train.LossConfig.from_config(config)
   perceptual = train.make_perceptual(config)
-  state = train.init_state(config, model, tx, 0)
+  state = init_state(config, model, tx, 0)
   num_params = models.count_params(state.params)
   p, b = config.data.patch, config.data.batch_size
   rng = np.random.default_rng(0)
@@ -125,13 +126,13 @@ def measure(scale: str, steps: int) -> dict:
   student = {}
   if scale in _STUDENT_SIZES.value:
     # A PKD student's step: the same network plus one frozen teacher's forward pass.
-    teacher_state = train.init_state(config, model, tx, 2)  # `state` was donated to the steps
+    teacher_state = init_state(config, model, tx, 2)  # `state` was donated to the steps
     teacher_vars = {"params": teacher_state.params, "batch_stats": teacher_state.batch_stats}
     teachers = {"variables": jax.tree.map(lambda a: jnp.stack([a]), teacher_vars),
                 "weights": jnp.ones((1,), jnp.float32)}
     student_batch = dict(batch, teacher_x=batch["x"][None])
     student_config = train.LossConfig(loss_config.weights, loss_config.ranges)
-    student_state = train.init_state(config, model, tx, 1)
+    student_state = init_state(config, model, tx, 1)
     kd_step = functools.partial(train.train_step, model=model, tx=tx, loss_config=student_config)
     student_median = time_steps(kd_step, student_state, student_batch, teachers, perceptual, steps)
     student = {"pkd_student_median_step_s": round(student_median, 4),
@@ -174,9 +175,9 @@ def measure_peer(steps: int) -> dict:
   """Median step time of the peer-comparable step (printed last as "median_step_s")."""
   config = peer_config(_BATCH.value, _FRAMES.value, _SIZE.value, _FILTERS.value, _IMPLS.value,
                        _DTYPE.value)
-  model, tx = models.from_config(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), make_optimizer(config)
   loss_config = train.LossConfig.from_config(config)
-  state = train.init_state(config, model, tx, 0)
+  state = init_state(config, model, tx, 0)
   num_params = models.count_params(state.params)
   b, t, s = _BATCH.value, _FRAMES.value, _SIZE.value
   rng = np.random.default_rng(0)

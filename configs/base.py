@@ -112,7 +112,7 @@ def get_loss_config() -> ml_collections.ConfigDict:
   # Mean squared error weight (not in the paper: 0 is the paper's loss). See losses.map_loss.
   loss.mse = 0.0
   # Perceptual features: "" for a fixed seeded random VGG16 (Liu et al., CVPR 2021), or a .npz
-  # of torchvision's ImageNet VGG16 (python -m pkd_jax.models.vgg convert vgg16.pth vgg16.npz).
+  # of torchvision's ImageNet VGG16 (python -m pkd_jax.tools.vgg convert vgg16.pth vgg16.npz).
   loss.perceptual_weights = ""
   loss.perceptual_seed = 0  # seed of the random VGG16
   return loss
@@ -181,4 +181,29 @@ def apply_scale(config: ml_collections.ConfigDict, scale: str) -> ml_collections
       # (experiments/teacher_mini.py): many more cases and steps
       data.num_cases.train, data.num_cases.validation, data.num_cases.test = 256, 4, 16
       train.steps, train.eval_every, train.log_every = 5000, 500, 25
+  return config
+
+
+COMPETITOR_FACTORS = (1, 2, 4, 8, 16)
+
+
+def competitor_config(arg: str | None, model: str, filters: dict[str, int]
+                      ) -> ml_collections.ConfigDict:
+  """A competitor network (configs/unitobrain.py, configs/unet_gan.py) trained on the ground
+  truth at one temporal factor "FACTOR[,SCALE]" (factor 16 too: no distillation), as a teacher
+  is: same data, patches, window rule, optimiser and schedule; widths per scale from filters.
+
+  The networks predict each map divided by its data.map_ranges value (multiplied back at the
+  output): plain outputs must grow to CBF's ~50 ml/100 g/min through the last layer, and one
+  batch's MSE fell only 0.12 -> 0.09 in 100 steps (tests/test_unitobrain.py's overfit) against
+  0.35 -> 0.022 with this. Left unlocked for the role config to set its loss.
+  """
+  kind, scale = parse_arg(arg, "temporal factor", tuple(map(str, COMPETITOR_FACTORS)), "1")
+  config = apply_scale(get_config(), scale)
+  config.role = "teacher"  # trained on the ground truth by pkd_jax.train, as a teacher
+  config.model.name = model  # pkd_jax.models.MODELS; the *_impl fields (V-Net's) are unused
+  config.model.filters = filters[scale]
+  config.model.scale_outputs = True
+  config.train.factor = int(kind)
+  config.data.factors = (int(kind),)  # the input at its own factor only
   return config

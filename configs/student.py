@@ -18,7 +18,7 @@ from pkd_jax.distill import STRATEGIES
 
 
 def get_config(arg: str | None = None):
-  strategy, scale = base.parse_arg(arg, "strategy", STRATEGIES, "pkd")
+  strategy, scale = base.parse_arg(arg, "strategy", tuple(STRATEGIES), "pkd")
   config = base.apply_scale(base.get_config(), scale)
   config.role = "student"
   config.train.factor = 16  # the student sees 1/16 of the frames

@@ -6,7 +6,7 @@
    it; the wall time of the training is recorded (in WORKDIR/train_time.json, so that a re-run that
    only evaluates reports the time the training took).
 2. Scores it on the held-out test split (16 phantom cases) by the window rule, beside the floors
-   and the best classical pipeline (pkd_jax.evaluate): the constant healthy predictor, the
+   and the best classical pipeline (pkd_jax.baselines): the constant healthy predictor, the
    time-to-peak Tmax and smoothed oSVD / bSVD deconvolution with the true AIF, its smoothing and
    threshold tuned on the validation split.
 3. Writes experiments/results/teacher_mini.json: per method Tmax / CBV / CBF RMSE (mean over
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import teacher as teacher_config
 import numpy as np
 
-from pkd_jax import evaluate, fileio, models, report, train
+from pkd_jax import baselines, checkpoints, evaluate, fileio, metrics, models, report, train
 from pkd_jax.data.case import TARGET_MAPS
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/teacher_mini", "the teacher's run folder")
@@ -50,7 +50,7 @@ def train_teacher(config, workdir: str) -> float:
     with open(path) as f:
       recorded = json.load(f)
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
-    latest = train.checkpoint_manager(workdir, config.train.keep_checkpoints).latest_step()
+    latest = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints).latest_step()
     if latest is not None and latest >= config.train.steps:
       return float(recorded["seconds"])  # trained already
   start = time.perf_counter()
@@ -75,17 +75,17 @@ def comparison(config, workdir: str) -> dict:
   one-tailed paired t-tests over cases (H1: the teacher's RMSE is lower)."""
   records = evaluate.split_records(config, "test")
   model = models.from_config(config)
-  variables = train.load_variables(workdir, config, "best")
+  variables = checkpoints.load_variables(workdir, config, "best")
   teacher = evaluate.evaluate_variables(config, model, variables, 1, records=records)
   rows = {"teacher_x1": summary(teacher["per_case"], teacher["tmax_gt6_dice"])}
   settings = {}
-  for row in evaluate.reference_rows(config, (1,), records=records):
+  for row in baselines.reference_rows(config, (1,), records=records):
     rows[row["key"]] = summary(row["per_case"], row["tmax_gt6_dice"])
     settings[row["key"]] = row.get("settings")
   tests = {}
   for other in ("classical_best_true_aif", "classical_best_selected_aif", "constant_healthy"):
     for k in TARGET_MAPS:
-      tests[f"{k}_rmse_teacher_lt_{other}_p"] = evaluate.paired_t_test(
+      tests[f"{k}_rmse_teacher_lt_{other}_p"] = metrics.paired_t_test(
           teacher["per_case"][k]["rmse"], rows[other]["per_case"][f"{k}_rmse"], "less")
   return dict(rows, paired_t_tests=tests, reference_settings=settings,
               num_test_cases=len(teacher["cases"]))

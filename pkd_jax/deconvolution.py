@@ -61,7 +61,7 @@ test phantom cases, full resolution, true AIF: unsmoothed bSVD at 10% has a Tmax
 oSVD after the smoothing tuned on the validation split, 1.9 s).
 :func:`smooth_series` applies a temporal Gaussian and an in-plane Gaussian normalised inside the
 brain mask; the AIF gets the same temporal Gaussian.
-:func:`pkd_jax.evaluate.evaluate_classical_best` tunes the sigmas and the SVD setting on the
+:func:`pkd_jax.baselines.evaluate_classical_best` tunes the sigmas and the SVD setting on the
 validation split. :func:`ttp_tmax` is the deconvolution-free time-to-peak estimate used as a
 sanity floor.
 
@@ -406,7 +406,7 @@ def perfusion_maps_variants(scan_hu: np.ndarray, aif_hu: np.ndarray, frame_times
   variants: ('bsvd', threshold) with threshold one of OSVD_THRESHOLDS (5%, 10%, ..., 95%) or
   ('osvd', oi_threshold). The residues at every candidate threshold are computed once; bSVD takes
   its threshold's, oSVD its per-voxel choice, exactly as :func:`perfusion_maps` does (tested
-  equal). For parameter searches (:func:`pkd_jax.evaluate.evaluate_classical_best`).
+  equal). For parameter searches (:func:`pkd_jax.baselines.evaluate_classical_best`).
 
   Returns one dict of maps per variant, as :func:`perfusion_maps`.
   """

@@ -37,17 +37,17 @@ assistant); the job (pkd_jax.job) finds or trains each one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from typing import Any, Sequence
+import os
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pkd_jax import fileio, hooks
 from pkd_jax.errors import InputError
-
-STRATEGIES = ("none", "kd", "takd", "mtkd", "dgkd", "pkd")
-
 
 @dataclasses.dataclass(frozen=True)
 class TeacherSpec:
@@ -62,34 +62,6 @@ class TeacherSpec:
     """Its folder name under the teachers' folder: x8, x1_seed2, ta_x4."""
     name = f"ta_x{self.factor}" if self.assistant else f"x{self.factor}"
     return name + (f"_seed{self.seed}" if self.seed else "")
-
-
-def teachers_for(strategy: str, student_factor: int, seeds: Sequence[int] = (0, 1, 2)
-                 ) -> list[TeacherSpec]:
-  """The teachers a strategy uses, in the order they are stacked (pkd: the order they teach)."""
-  if strategy not in STRATEGIES:
-    raise InputError("config.distill.strategy",
-                     f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
-  teachers = {
-      "none": [],
-      "kd": [TeacherSpec(1)],
-      "takd": [TeacherSpec(4, assistant=True)],
-      "mtkd": [TeacherSpec(1, seed=s) for s in seeds],
-      "dgkd": [TeacherSpec(f) for f in (8, 4, 2, 1)],
-      "pkd": [TeacherSpec(f) for f in (8, 4, 2, 1)],
-  }[strategy]
-  for teacher in teachers:
-    if teacher.factor >= student_factor:
-      raise InputError("config.train.factor",
-                       f"the student's temporal factor {student_factor} must be above its "
-                       f"teachers' ({teacher.name} has factor {teacher.factor})")
-  return teachers
-
-
-def combine_mode(strategy: str) -> str:
-  """How the KD loss combines several teachers: "targets" (averaged maps, per-teacher feature
-  term) or "losses" (weighted per-teacher losses); see the module docstring."""
-  return "losses" if strategy == "dgkd" else "targets"
 
 
 @dataclasses.dataclass
@@ -149,50 +121,104 @@ class PKDSchedule:
     return cls(**state)
 
 
-def active_teachers(strategy: str, teachers: Sequence[TeacherSpec], stage: int) -> list[TeacherSpec]:
-  """The teachers stacked into the train step now: pkd's current one, else all of them.
-
-  PKD passes one teacher at a time, so a step costs one teacher forward pass whatever the stage,
-  and moving to the next teacher swaps variables of the same structure (no recompilation).
-  """
-  return [teachers[stage]] if strategy == "pkd" else list(teachers)
-
-
-def teacher_weights(strategy: str, num_teachers: int, step: int, seed: int,
-                    dgkd_drop: int) -> np.ndarray:
-  """(K,) float32 weights of the stacked teachers for one step, summing to 1.
-
-  dgkd: 1 / (number kept) for the teachers kept after dropping `dgkd_drop` of them at random,
-  reproducibly from (seed, step); 0 for the dropped. Others: 1 / K.
-  """
-  weights = np.full(num_teachers, 1.0 / max(num_teachers, 1), np.float32)
-  if strategy == "dgkd":
-    if not 0 <= dgkd_drop < num_teachers:
-      raise InputError("config.distill.dgkd_drop",
-                       f"must be in 0..{num_teachers - 1} for {num_teachers} teachers, got {dgkd_drop}")
-    kept = np.random.default_rng([seed, step]).permutation(num_teachers)[dgkd_drop:]
-    weights[:] = 0.0
-    weights[kept] = 1.0 / len(kept)
+def _dgkd_weights(num_teachers: int, step: int, seed: int, drop: int) -> np.ndarray:
+  """1 / (number kept) for the teachers kept after dropping `drop` of them at random,
+  reproducibly from (seed, step); 0 for the dropped."""
+  if not 0 <= drop < num_teachers:
+    raise InputError("config.distill.dgkd_drop",
+                     f"must be in 0..{num_teachers - 1} for {num_teachers} teachers, got {drop}")
+  kept = np.random.default_rng([seed, step]).permutation(num_teachers)[drop:]
+  weights = np.zeros(num_teachers, np.float32)
+  weights[kept] = 1.0 / len(kept)
   return weights
 
 
-class Teaching:
-  """Who teaches the student now: host-side state of a distillation run, saved in checkpoints.
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """A distillation strategy, as the loop and the train step see it (registered in
+  :data:`STRATEGIES`; see the module docstring for each one).
 
-  Holds the teachers' (frozen) variables, the PKD schedule and the running sum of this epoch's KD
-  losses. The training loop asks it for the step's teachers (:meth:`teachers_arg`), reports each
-  step's KD loss (:meth:`record_step`) and ends epochs (:meth:`end_epoch`).
+  Attributes:
+    name: the config's ``distill.strategy``.
+    teachers: the teachers from MTKD's seeds, in stacking order (progressive: teaching order).
+    combine: how the KD loss combines several teachers: "targets" or "losses".
+    progressive: one teacher at a time, the next taking over when :class:`PKDSchedule` says so
+      at the end of an epoch; otherwise all teachers teach at every step.
+    drop_teachers: a random subset of the teachers per step (DGKD's ``dgkd_drop``).
   """
+
+  name: str
+  teachers: Callable[[Sequence[int]], list[TeacherSpec]]
+  combine: str = "targets"
+  progressive: bool = False
+  drop_teachers: bool = False
+
+  def teacher_specs(self, student_factor: int, seeds: Sequence[int] = (0, 1, 2)
+                    ) -> list[TeacherSpec]:
+    """The teachers, checked to have finer temporal resolution than the student."""
+    specs = self.teachers(seeds)
+    for teacher in specs:
+      if teacher.factor >= student_factor:
+        raise InputError("config.train.factor",
+                         f"the student's temporal factor {student_factor} must be above its "
+                         f"teachers' ({teacher.name} has factor {teacher.factor})")
+    return specs
+
+  def active(self, teachers: Sequence[TeacherSpec], stage: int) -> list[TeacherSpec]:
+    """The teachers stacked into the train step now: the current one if progressive (a step
+    costs one teacher's forward pass whatever the stage, and the next teacher's variables have
+    the same structure: no recompilation), else all of them."""
+    return [teachers[stage]] if self.progressive else list(teachers)
+
+  def weights(self, num_teachers: int, step: int, seed: int, dgkd_drop: int = 1) -> np.ndarray:
+    """(K,) float32 weights of the stacked teachers for one step, summing to 1."""
+    if self.drop_teachers:
+      return _dgkd_weights(num_teachers, step, seed, dgkd_drop)
+    return np.full(num_teachers, 1.0 / max(num_teachers, 1), np.float32)
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("none", lambda seeds: []),
+    Strategy("kd", lambda seeds: [TeacherSpec(1)]),
+    Strategy("takd", lambda seeds: [TeacherSpec(4, assistant=True)]),
+    Strategy("mtkd", lambda seeds: [TeacherSpec(1, seed=s) for s in seeds]),
+    Strategy("dgkd", lambda seeds: [TeacherSpec(f) for f in (8, 4, 2, 1)], combine="losses",
+             drop_teachers=True),
+    Strategy("pkd", lambda seeds: [TeacherSpec(f) for f in (8, 4, 2, 1)], progressive=True),
+)}
+
+
+def get_strategy(name: str) -> Strategy:
+  """The registered strategy called name; InputError listing the valid names otherwise."""
+  if name not in STRATEGIES:
+    raise InputError("config.distill.strategy",
+                     f"unknown strategy {name!r}; valid strategies: {', '.join(STRATEGIES)}")
+  return STRATEGIES[name]
+
+
+class Teaching(hooks.Hook):
+  """Who teaches the student now: the training loop's hook for a distillation run, its state
+  saved in checkpoints.
+
+  Holds the teachers' (frozen) variables, the schedule and the running sum of this epoch's KD
+  losses. The loop asks it for the step's teachers (:meth:`teachers`), gives it each step's
+  metrics (the KD loss is kept on the device until the epoch ends) and ends epochs, when the
+  strategy may move on to the next teacher; ``schedule.json`` in the run's folder and TensorBoard
+  (``distill/*``) record when each teacher took over, and why.
+  """
+
+  SCHEDULE_FILE = "schedule.json"
 
   def __init__(self, strategy: str, teachers: Sequence[TeacherSpec],
                variables: dict[str, Any], seed: int, patience: int = 5, min_delta: float = 0.0,
                max_epochs_per_stage: int = 0, dgkd_drop: int = 1):
-    if strategy == "none" or not teachers:
+    self.strategy = get_strategy(strategy)
+    if not teachers:
       raise InputError("config.distill.strategy", "Teaching needs a strategy with teachers")
     missing = [t.name for t in teachers if t.name not in variables]
     if missing:
       raise InputError("teachers", f"no variables for {missing}")
-    self.strategy, self.teachers, self.seed, self.dgkd_drop = strategy, list(teachers), seed, dgkd_drop
+    self.teachers, self.seed, self.dgkd_drop = list(teachers), seed, dgkd_drop
     self._variables = variables
     self.schedule = PKDSchedule(len(teachers), patience, min_delta, max_epochs_per_stage)
     self.epoch, self.epoch_kd_sum, self.epoch_kd_count = 0, 0.0, 0
@@ -201,29 +227,35 @@ class Teaching:
 
   @property
   def stage(self) -> int:
-    return self.schedule.stage if self.strategy == "pkd" else 0
+    return self.schedule.stage if self.strategy.progressive else 0
 
   def active(self) -> list[TeacherSpec]:
-    return active_teachers(self.strategy, self.teachers, self.stage)
+    return self.strategy.active(self.teachers, self.stage)
 
-  def factors(self) -> list[int]:
+  def teacher_factors(self) -> list[int]:
     """The temporal factors of the teachers stacked now, in stacking order."""
     return [t.factor for t in self.active()]
 
-  def describe(self) -> str:
+  def names(self) -> str:
     return "+".join(t.name for t in self.active())
+
+  def describe(self) -> str:
+    return f"<- teacher {self.names()}"
 
   def teachers_arg(self, step: int) -> dict[str, Any]:
     """The train step's teachers: variables stacked on a leading axis, and weights."""
     if self._stacked is None or self._stacked[0] != self.stage:
       chosen = [self._variables[t.name] for t in self.active()]
       self._stacked = (self.stage, jax.tree.map(lambda *xs: jnp.stack(xs), *chosen))
-    weights = teacher_weights(self.strategy, len(self.active()), step, self.seed, self.dgkd_drop)
+    weights = self.strategy.weights(len(self.active()), step, self.seed, self.dgkd_drop)
     return {"variables": self._stacked[1], "weights": jnp.asarray(weights)}
 
   def record_step(self, kd_loss) -> None:
     """Adds a step's KD loss (a float or a device scalar, read only when the epoch ends)."""
     self._pending_kd.append(kd_loss)
+
+  def after_step(self, step: int, metrics: dict[str, Any], log: hooks.RunLog) -> None:
+    self.record_step(metrics["kd"])
 
   def _flush(self) -> None:
     if self._pending_kd:
@@ -231,34 +263,50 @@ class Teaching:
       self.epoch_kd_count += len(self._pending_kd)
       self._pending_kd = []
 
-  def end_epoch(self, step: int) -> dict[str, Any] | None:
-    """Closes an epoch; returns the schedule's new entry if the next teacher takes over."""
+  def end_epoch(self, step: int, log: hooks.RunLog | None = None) -> dict[str, Any] | None:
+    """Closes an epoch; returns the schedule's new entry if the next teacher takes over (and
+    reports the epoch, and any switch, to log)."""
+    switch = self._close_epoch(step)
+    if log is not None:
+      log.scalar("distill/epoch_kd", self.last_epoch_kd, step)
+      log.scalar("distill/stage", self.stage, step)
+      if switch is not None:
+        log.message(f"step {step}, epoch {switch['epoch']}: teacher {switch['teacher']} takes "
+                    f"over ({switch['reason']})")
+        log.text("distill/schedule", json.dumps(switch), step)
+      self.finish(log)
+    return switch
+
+  def finish(self, log: hooks.RunLog) -> None:
+    fileio.write_json(os.path.join(log.workdir, self.SCHEDULE_FILE), self.history())
+
+  def _close_epoch(self, step: int) -> dict[str, Any] | None:
     self._flush()
     self.epoch += 1
     mean = self.epoch_kd_sum / max(self.epoch_kd_count, 1)
     self.epoch_kd_sum, self.epoch_kd_count = 0.0, 0
     self.last_epoch_kd = mean
-    if self.strategy == "pkd" and self.schedule.end_epoch(self.epoch, step, mean):
+    if self.strategy.progressive and self.schedule.end_epoch(self.epoch, step, mean):
       entry = dict(self.schedule.history[-1], teacher=self.teachers[self.stage].name)
       return entry
     return None
 
   def history(self) -> list[dict[str, Any]]:
     """When each teacher took over, and why."""
-    if self.strategy != "pkd":
+    if not self.strategy.progressive:
       return [dict(stage=0, step=0, epoch=0, rule="start", reason="all teachers throughout",
-                   teacher=self.describe())]
+                   teacher=self.names())]
     return [dict(h, teacher=self.teachers[h["stage"]].name) for h in self.schedule.history]
 
   def state_dict(self) -> dict[str, Any]:
     self._flush()
-    return dict(strategy=self.strategy, schedule=self.schedule.state_dict(), epoch=self.epoch,
+    return dict(strategy=self.strategy.name, schedule=self.schedule.state_dict(), epoch=self.epoch,
                 epoch_kd_sum=self.epoch_kd_sum, epoch_kd_count=self.epoch_kd_count)
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
-    if state.get("strategy") != self.strategy:
+    if state.get("strategy") != self.strategy.name:
       raise InputError("checkpoint", f"was written by strategy {state.get('strategy')!r}, "
-                       f"not {self.strategy!r}")
+                       f"not {self.strategy.name!r}")
     self.schedule = PKDSchedule.from_state_dict(state["schedule"])
     self.epoch, self.epoch_kd_sum = int(state["epoch"]), float(state["epoch_kd_sum"])
     self.epoch_kd_count = int(state["epoch_kd_count"])

@@ -23,7 +23,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from pkd_jax import distill, evaluate, fileio, models, report, train
+from pkd_jax import baselines, checkpoints, distill, evaluate, fileio, models, report, train
 from pkd_jax.distill import TeacherSpec
 
 
@@ -53,7 +53,7 @@ def teacher_config(config: ml_collections.ConfigDict, spec: TeacherSpec) -> ml_c
 
 
 def _has_model(folder: str) -> bool:
-  return os.path.exists(os.path.join(folder, train.MODEL_SPEC_FILE))
+  return os.path.exists(os.path.join(folder, checkpoints.MODEL_SPEC_FILE))
 
 
 class Job:
@@ -62,7 +62,8 @@ class Job:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config, self.workdir = config, workdir
     self.strategy = config.distill.strategy
-    self.specs = distill.teachers_for(self.strategy, config.train.factor, config.distill.mtkd_seeds)
+    self.specs = distill.get_strategy(self.strategy).teacher_specs(config.train.factor,
+                                                                     config.distill.mtkd_seeds)
 
   def teacher_dir(self, spec: TeacherSpec) -> str:
     """Where a teacher is: the user's teachers_dir if it has it, else WORKDIR/teachers/<name>."""
@@ -88,17 +89,17 @@ class Job:
       cfg = teacher_config(self.config, spec)
       train.check_config(cfg)
       if _has_model(folder):
-        train.check_workdir_spec(folder, train.model_spec(cfg))
+        checkpoints.check_workdir_spec(folder, checkpoints.model_spec(cfg))
     train.check_config(self.config)
 
   def load_teachers(self, specs) -> dict[str, Any]:
-    return {s.name: train.load_variables(self.teacher_dir(s), teacher_config(self.config, s))
+    return {s.name: checkpoints.load_variables(self.teacher_dir(s), teacher_config(self.config, s))
             for s in specs}
 
   def train_teachers(self) -> None:
     for spec in self.all_teachers():
       cfg, folder = teacher_config(self.config, spec), self.teacher_dir(spec)
-      if train.is_finished(folder, cfg):  # reuse what is already trained
+      if checkpoints.is_finished(folder, cfg):  # reuse what is already trained
         logging.info("teacher %s: trained, in %s", spec.name, folder)
         continue
       logging.info("teacher %s in %s", spec.name, folder)
@@ -129,7 +130,7 @@ class Job:
     records = evaluate.split_records(self.config, "test")
     for name, cfg, folder in entries:
       model = models.from_config(cfg)
-      variables = train.load_variables(folder, cfg)
+      variables = checkpoints.load_variables(folder, cfg)
       result = evaluate.evaluate_variables(cfg, model, variables, cfg.train.factor, records=records)
       rows.append(dict(method=name, factor=cfg.train.factor, per_case=result["per_case"],
                        volumes=result["volumes"]))
@@ -138,13 +139,13 @@ class Job:
       lesions[f"{name}, 1/{cfg.train.factor}"] = result["lesion_slices"]
     # The best classical pipeline (smoothing and SVD tuned on the validation split; true and
     # selected AIF) and the sanity floors (TTP Tmax, constant healthy maps), at both factors.
-    rows += evaluate.reference_rows(self.config, sorted({self.config.train.factor, 1}),
+    rows += baselines.reference_rows(self.config, sorted({self.config.train.factor, 1}),
                                     records=records)
     ranges = dict(self.config.data.map_ranges)
     markdown, csv_text = report.results_table(rows, ranges, reference=rows[0]["method"])
     markdown += "\nLesion volumes (RAPID's thresholds), mean over test cases:\n\n"
     markdown += report.volumes_table(rows)
-    markdown += "\n" + evaluate.reference_notes(rows)
+    markdown += "\n" + baselines.reference_notes(rows)
     stem = os.path.join(self.workdir, f"results_{self.strategy}")
     fileio.write_text(stem + ".md", markdown)
     fileio.write_text(stem + ".csv", csv_text)
@@ -170,10 +171,12 @@ class Job:
 
 
 def evaluate_teacher(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
-  """Scores one trained teacher (a teacher config's workdir) on the test split; writes its report."""
-  model, variables = models.from_config(config), train.load_variables(workdir, config)
+  """Scores one network trained on the ground truth (a teacher's or a competitor's workdir) on the
+  test split; writes its report (the row is "teacher xF" for the V-Net, else the model's name)."""
+  model, variables = models.from_config(config), checkpoints.load_variables(workdir, config)
   result = evaluate.evaluate_variables(config, model, variables, config.train.factor)
-  rows = [dict(method=f"teacher x{config.train.factor}", factor=config.train.factor,
+  name = "teacher" if config.model.name == "vnet" else config.model.name
+  rows = [dict(method=f"{name} x{config.train.factor}", factor=config.train.factor,
                per_case=result["per_case"])]
   markdown, csv_text = report.results_table(rows, dict(config.data.map_ranges))
   stem = os.path.join(workdir, "results")

@@ -60,7 +60,7 @@ class Run:
   """A trained model ready to predict: its spec (model.json), config, module and variables."""
 
   workdir: pathlib.Path
-  spec: dict[str, Any]  # model.json: pkd_jax.train.model_spec
+  spec: dict[str, Any]  # model.json: pkd_jax.checkpoints.model_spec
   geometry: Geometry  # the preprocessing geometry the model was trained at
   config: Any  # ml_collections.ConfigDict rebuilt from the spec
   model: Any
@@ -77,7 +77,7 @@ class Run:
 
 def read_spec(workdir: os.PathLike | str) -> dict[str, Any]:
   """model.json of a run folder, checked, with a checkpoint present; else InputError."""
-  from pkd_jax import train  # pylint: disable=import-outside-toplevel
+  from pkd_jax import checkpoints  # pylint: disable=import-outside-toplevel
 
   workdir = pathlib.Path(workdir)
   if not workdir.exists():
@@ -85,9 +85,9 @@ def read_spec(workdir: os.PathLike | str) -> dict[str, Any]:
   if not workdir.is_dir():
     raise InputError(workdir, "is not a folder (expected a trained run folder holding model.json "
                      "and checkpoints/)")
-  path = workdir / train.MODEL_SPEC_FILE
+  path = workdir / checkpoints.MODEL_SPEC_FILE
   if not path.is_file():
-    raise InputError(workdir, f"no trained model here (no {train.MODEL_SPEC_FILE}); expected a "
+    raise InputError(workdir, f"no trained model here (no {checkpoints.MODEL_SPEC_FILE}); expected a "
                      "run folder such as WORKDIR/teachers/x8 or WORKDIR/student_pkd")
   try:
     spec = json.loads(path.read_text())
@@ -138,7 +138,7 @@ def run_config(spec: dict[str, Any], geometry: Geometry = Geometry()):
 def load_run(workdir: os.PathLike | str, geometry: Geometry = Geometry(),
              which: str = "best") -> Run:
   """Loads a trained run folder's model: the "best" (validation loss) or "latest" checkpoint."""
-  from pkd_jax import models, train  # pylint: disable=import-outside-toplevel
+  from pkd_jax import checkpoints, models  # pylint: disable=import-outside-toplevel
 
   if which not in ("best", "latest"):
     raise InputError("checkpoint", f"must be 'best' or 'latest', got {which!r}")
@@ -148,7 +148,7 @@ def load_run(workdir: os.PathLike | str, geometry: Geometry = Geometry(),
   config = run_config(spec, geometry)
   model = models.from_config(config)
   try:
-    variables = train.load_variables(str(workdir), config, which)
+    variables = checkpoints.load_variables(str(workdir), config, which)
   except InputError:
     raise
   except Exception as e:  # orbax raises many kinds on bad checkpoints pylint: disable=broad-except

@@ -10,7 +10,7 @@ import numpy as np
 
 from pkd_jax import fileio
 from pkd_jax.data.case import MAP_UNITS, TARGET_MAPS, TMAX_THRESHOLD_S
-from pkd_jax.evaluate import METRICS, paired_t_test
+from pkd_jax.metrics import METRICS, paired_t_test
 
 TITLES = {"tmax": "Tmax", "cbv": "CBV", "cbf": "CBF"}
 BETTER = {"rmse": min, "ssim": max, "psnr": max}

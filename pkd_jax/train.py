@@ -20,9 +20,8 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,24 +29,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from orbax.checkpoint import checkpoint_managers
 from tqdm import tqdm
 
-from pkd_jax import distill, fileio, inference, losses, models
+from pkd_jax import checkpoints, distill, fileio, gan, hooks, inference, losses, models
 from pkd_jax.data import pipeline, temporal
 from pkd_jax.data.case import TARGET_MAPS, TMAX_THRESHOLD_S
 from pkd_jax.errors import InputError, TrainingStopped
 from pkd_jax.models import vgg
-
-MODEL_SPEC_FILE = "model.json"  # what a workdir's checkpoints are checkpoints of
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
+from pkd_jax.state import TrainState, init_state, make_optimizer, make_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,17 +57,7 @@ class LossConfig:
     if distill_config is None:
       return cls(weights, ranges)
     return cls(weights, ranges, float(distill_config.lambda_kd),
-               float(distill_config.lambda_total), distill.combine_mode(distill_config.strategy))
-
-
-def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """The learning rate, decayed linearly from train.learning_rate to 0 over train.steps."""
-  return optax.linear_schedule(config.train.learning_rate, 0.0, max(int(config.train.steps), 1))
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam(b1, b2) with the linearly decayed learning rate (the paper: 0.5, 0.99, 1e-3)."""
-  return optax.adam(make_schedule(config), b1=config.train.b1, b2=config.train.b2)
+               float(distill_config.lambda_total), distill.get_strategy(distill_config.strategy).combine)
 
 
 def make_perceptual(config: ml_collections.ConfigDict):
@@ -110,18 +89,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f"factor config.train.factor = {config.train.factor}")
   if config.train.steps < 1 or config.train.eval_every < 1:
     raise InputError("config.train", "steps and eval_every must be positive")
-
-
-def init_state(config, model, tx, seed: int) -> TrainState:
-  """A fresh train state. Initialisation draws from JAX's "rbg" generator: threefry's unrolled
-  rounds made the jitted init of the V-Net take ~35 s to compile on CPU, rbg ~9 s."""
-  p = config.data.patch
-  x = jnp.zeros((1, p.num_frames, p.height, p.width, 1), jnp.float32)
-  rng = jax.random.key(seed, impl="rbg")
-  variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
-  params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
 
 def _kd(feature, maps, teachers, teacher_x, perceptual, student_features=None, *, model,
@@ -188,6 +155,16 @@ def train_step(state: TrainState, batch, teachers, perceptual, *, model, tx,
   return new_state, metrics
 
 
+def make_step(config: ml_collections.ConfigDict, model, tx, loss_config: LossConfig):
+  """The step the loop runs, ``step(state, batch, teachers, perceptual) -> (state, metrics)``:
+  :func:`train_step`, or with a ``gan`` config section the adversarial step of pkd_jax.gan."""
+  if config.get("gan") is not None:
+    return functools.partial(gan.train_step, model=model, tx=tx, loss_config=loss_config,
+                             critic=models.critic_from_config(config),
+                             adversarial=float(config.gan.adversarial))
+  return functools.partial(train_step, model=model, tx=tx, loss_config=loss_config)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "loss_config", "window_frames", "stride"))
 def eval_step(state: TrainState, batch, perceptual, *, model, loss_config: LossConfig,
               window_frames: int, stride: int):
@@ -223,109 +200,6 @@ def device_batch(batch: dict[str, np.ndarray], factors, factor: int,
                                  for f in teacher_factors])
   out.update({k: batch[k] for k in (*TARGET_MAPS, "brain_mask")})
   return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints.
-
-
-def model_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What a checkpoint holds: architecture and input; a workdir must not mix two of them."""
-  return dict(model=config.model.name, filters=config.model.filters,
-              num_frames=config.data.patch.num_frames, factor=config.train.factor,
-              frame_interval_s=float(config.data.frame_interval_s),
-              input_norm=config.data.input_norm, scale_outputs=bool(config.model.scale_outputs),
-              map_ranges={k: float(config.data.map_ranges[k]) for k in TARGET_MAPS})
-
-
-def check_workdir_spec(workdir: str, spec: dict[str, Any]) -> None:
-  """Writes workdir/model.json, or checks that the one there matches: else a clear error."""
-  path = os.path.join(workdir, MODEL_SPEC_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      found = json.load(f)
-    if found != spec:
-      diff = {k: (found.get(k), spec.get(k)) for k in set(found) | set(spec) if found.get(k) != spec.get(k)}
-      raise InputError(path, "the workdir holds checkpoints of another model (found, configured): "
-                       + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
-                       + "; use another --workdir")
-    return
-  fileio.write_json(path, spec)
-
-
-def _val_loss(metrics) -> float:
-  """The quality of a checkpoint (lower is better): the validation loss saved with it."""
-  return float(metrics["val_loss"])
-
-
-def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """Latest `keep` checkpoints plus the best (lowest validation loss), written atomically.
-
-  orbax writes a checkpoint's metrics to disk, and ``best_step()`` ranks by them, only when the
-  options carry a ``best_fn``; without it ``best_step()`` is the latest step, and a reopened
-  manager (a resumed run) sees no metrics, so the keep policy deletes the best checkpoint.
-  """
-  policy = checkpoint_managers.AnyPreservationPolicy([
-      checkpoint_managers.LatestN(n=keep),
-      checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
-                                keep_checkpoints_without_metrics=False),
-  ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_val_loss,
-                                         best_mode="min", cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options, item_names=("state", "data", "teaching"))
-
-
-def restore_latest(manager: ocp.CheckpointManager, state: TrainState, data_iterator,
-                   teaching: distill.Teaching | None = None):
-  """Restores the latest checkpoint onto state's structure, the iterator and the teaching."""
-  step = manager.latest_step()
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
-        teaching=ocp.args.JsonRestore()))
-  except (ValueError, KeyError, TypeError) as e:
-    raise InputError(manager.directory, f"cannot restore checkpoint {step} onto this model "
-                     f"(another architecture?): {' '.join(str(e).split())[:300]}") from e
-  data_iterator.set_state(restored["data"])
-  if teaching is not None:
-    teaching.load_state_dict(restored["teaching"])
-  return restored["state"]
-
-
-def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
-  """True when workdir holds a checkpoint at config.train.steps: nothing is left to train."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return False
-  latest = checkpoint_manager(workdir, config.train.keep_checkpoints).latest_step()
-  return latest is not None and latest >= config.train.steps
-
-
-def load_variables(workdir: str, config: ml_collections.ConfigDict,
-                   which: str = "best") -> dict[str, Any]:
-  """A trained model's variables (params, batch_stats): the "best" (by validation loss) or the
-  "latest" checkpoint of workdir."""
-  model, tx = models.from_config(config), make_optimizer(config)
-  path = os.path.join(workdir, MODEL_SPEC_FILE)
-  if not os.path.exists(path):
-    raise InputError(workdir, "no trained model here (no model.json)")
-  check_workdir_spec(workdir, model_spec(config))
-  manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
-  if which not in ("best", "latest"):
-    raise InputError("checkpoint", f"must be 'best' or 'latest', got {which!r}")
-  step = manager.best_step() if which == "best" else manager.latest_step()
-  if step is None and manager.latest_step() is not None:  # saved without validation metrics
-    step = manager.latest_step()
-    logging.warning("%s: no checkpoint has a saved validation loss; using the latest, step %d",
-                    workdir, step)
-  if step is None:
-    raise InputError(workdir, "holds no checkpoint")
-  abstract = jax.eval_shape(lambda: init_state(config, model, tx, 0))
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-  state = restored["state"]
-  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,17 +272,18 @@ def _check_finite(pending: list, done: int, last_good: int | None, directory) ->
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       teaching: distill.Teaching | None = None) -> dict[str, float]:
+                       hook: hooks.Hook | None = None) -> dict[str, float]:
   """Trains config's model in workdir (resuming if it holds checkpoints); returns final metrics.
 
-  teaching: the teachers for a distilled (student) run, or None to train on the ground truth
-  alone. With teachers, the schedule (when each teacher took over, and why) is written to
-  workdir/schedule.json and to TensorBoard.
+  hook: what the run adds to the loop (pkd_jax.hooks), e.g. a distillation's teaching
+  (pkd_jax.distill.Teaching, which writes workdir/schedule.json); None trains on the ground truth
+  alone.
   """
   from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
 
   check_config(config)
-  check_workdir_spec(workdir, model_spec(config))
+  checkpoints.check_workdir_spec(workdir, checkpoints.model_spec(config))
+  hook = hook if hook is not None else hooks.Hook()
   model, tx = models.from_config(config), make_optimizer(config)
   loss_config = LossConfig.from_config(config)
   perceptual = make_perceptual(config)
@@ -418,46 +293,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   val_data = pipeline.make_dataset_from_config(config.data, "validation", config.seed)
   iterator = pipeline.make_iterator(train_data, num_workers=config.data.num_workers)
   state = init_state(config, model, tx, config.seed)
-  manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
+  manager = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)
   if manager.latest_step() is not None:
-    state = restore_latest(manager, state, iterator, teaching)
+    state = checkpoints.restore_latest(manager, state, iterator, hook)
     logging.info("resumed from step %d in %s", int(state.step), workdir)
   writer = SummaryWriter(os.path.join(workdir, "tb"))
   start_step, total = int(state.step), int(config.train.steps)
   factors, factor = config.data.factors, config.train.factor
-  step_fn = functools.partial(train_step, model=model, tx=tx, loss_config=loss_config)
+  step_fn = make_step(config, model, tx, loss_config)
   last_good, val, pending = manager.latest_step(), {}, []
   name = f"1/{factor}" if factor > 1 else "full"
-  describe = lambda: (f"train {name}" if teaching is None else
-                      f"student {name} <- teacher {teaching.describe()}")
+  describe = lambda: " ".join(filter(None, (f"{config.role} {name}", hook.describe())))
   bar = tqdm(range(start_step, total), initial=start_step, total=total, unit="step",
              desc=describe(), dynamic_ncols=True)
+  log = hooks.RunLog(workdir, writer, bar)
   try:
     for step in bar:
-      batch = next(iterator)
-      teachers = None
-      if teaching is not None:
-        batch = device_batch(batch, factors, factor, teaching.factors())
-        teachers = teaching.teachers_arg(step)
-      else:
-        batch = device_batch(batch, factors, factor)
-      state, metrics = step_fn(state, batch, teachers, perceptual)
+      batch = device_batch(next(iterator), factors, factor, hook.teacher_factors())
+      state, metrics = step_fn(state, batch, hook.teachers_arg(step), perceptual)
       # No host round trip per step: the losses stay on the device until the next log or
       # validation step (or the end of a distillation epoch) reads them.
       pending.append(metrics["loss"])
       done = step + 1
-      if teaching is not None:
-        teaching.record_step(metrics["kd"])
-        if done % steps_per_epoch == 0:
-          switch = teaching.end_epoch(done)
-          writer.add_scalar("distill/epoch_kd", teaching.last_epoch_kd, done)
-          writer.add_scalar("distill/stage", teaching.stage, done)
-          if switch is not None:
-            bar.set_description(describe())
-            bar.write(f"step {done}, epoch {switch['epoch']}: teacher {switch['teacher']} takes "
-                      f"over ({switch['reason']})")
-            writer.add_text("distill/schedule", json.dumps(switch), done)
-          fileio.write_json(os.path.join(workdir, "schedule.json"), teaching.history())
+      hook.after_step(done, metrics, log)
+      if done % steps_per_epoch == 0:
+        hook.end_epoch(done, log)
+        bar.set_description(describe())
       is_eval = done % config.train.eval_every == 0 or done == total
       if is_eval or done % config.train.log_every == 0:
         loss = _check_finite(pending, done, last_good, manager.directory)
@@ -473,16 +334,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           writer.add_scalar(f"validation/{k}", v, done)
         manager.save(done, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(iterator.get_state()),
-            teaching=ocp.args.JsonSave(teaching.state_dict() if teaching else {})),
+            teaching=ocp.args.JsonSave(hook.state_dict())),
             metrics={"val_loss": val["loss"]})
         last_good = done
         _append_history(workdir, done, val)
         bar.write(f"step {done}: validation loss {val['loss']:.4f}, Tmax RMSE "
                   f"{val['tmax/rmse_units']:.2f} s, Tmax > 6 s Dice {val['tmax_gt6/dice']:.2f}")
+        hook.after_evaluation(done, val, log)
+    hook.finish(log)
   finally:
     manager.wait_until_finished()
     writer.close()
     bar.close()
-  if teaching is not None:
-    fileio.write_json(os.path.join(workdir, "schedule.json"), teaching.history())
   return {"step": int(state.step), **{f"val_{k}": v for k, v in val.items()}}

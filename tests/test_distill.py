@@ -12,9 +12,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import student as student_config
-from pkd_jax import distill, job, losses, models, train
+from pkd_jax import checkpoints, distill, job, losses, models, train
 from pkd_jax.data import pipeline, preprocess, temporal
 from pkd_jax.errors import InputError
+from pkd_jax.state import init_state, make_optimizer
 from tests.helpers import config_with
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_pkd_patience_decides_at_demo_and_paper_scale(scale):
   assert d.patience >= 5
   source = pipeline.make_source(config.data, "train")
   epoch_steps = train.schedule_epoch_steps(config, len(source))
-  num_stages = len(distill.teachers_for("pkd", config.train.factor))
+  num_stages = len(distill.get_strategy("pkd").teacher_specs(config.train.factor))
   assert config.train.steps // epoch_steps >= num_stages * (d.patience + 1)
   assert d.max_epochs_per_stage == 0 or d.max_epochs_per_stage >= 2 * (d.patience + 1)
 
@@ -91,22 +92,38 @@ def test_schedule_state_round_trips():
   assert restored == schedule
 
 
+def test_strategy_registry_names_teachers_and_rejects_unknown_names():
+  assert tuple(distill.STRATEGIES) == ("none", "kd", "takd", "mtkd", "dgkd", "pkd")
+  names = {n: [t.name for t in distill.get_strategy(n).teacher_specs(16, (0, 4))]
+           for n in distill.STRATEGIES}
+  assert names == {"none": [], "kd": ["x1"], "takd": ["ta_x4"], "mtkd": ["x1", "x1_seed4"],
+                   "dgkd": ["x8", "x4", "x2", "x1"], "pkd": ["x8", "x4", "x2", "x1"]}
+  pkd, dgkd = distill.get_strategy("pkd"), distill.get_strategy("dgkd")
+  specs = pkd.teacher_specs(16)
+  assert [t.name for t in pkd.active(specs, 2)] == ["x2"]  # one teacher at a time
+  assert len(dgkd.active(specs, 2)) == 4 and dgkd.combine == "losses" and pkd.combine == "targets"
+  with pytest.raises(InputError, match="above its teachers'.*x8"):
+    pkd.teacher_specs(8)  # a 1/8 student cannot learn from a 1/8 teacher
+  with pytest.raises(InputError, match="unknown strategy 'pdk'.*none, kd, takd, mtkd, dgkd, pkd"):
+    distill.get_strategy("pdk")
+
+
 def test_dgkd_drops_reproducibly_and_others_average():
-  weights = [distill.teacher_weights("dgkd", 4, step, seed=3, dgkd_drop=1) for step in range(20)]
+  weights = [distill.get_strategy("dgkd").weights(4, step, seed=3, dgkd_drop=1) for step in range(20)]
   for w in weights:
     assert (w == 0).sum() == 1 and np.allclose(w[w > 0], 1 / 3) and np.isclose(w.sum(), 1)
   assert len({tuple(w) for w in weights}) > 1  # different teachers dropped on different steps
-  np.testing.assert_array_equal(weights[5], distill.teacher_weights("dgkd", 4, 5, 3, 1))
-  np.testing.assert_allclose(distill.teacher_weights("mtkd", 3, 0, 0, 1), [1 / 3] * 3)
+  np.testing.assert_array_equal(weights[5], distill.get_strategy("dgkd").weights(4, 5, 3, 1))
+  np.testing.assert_allclose(distill.get_strategy("mtkd").weights(3, 0, 0, 1), [1 / 3] * 3)
   with pytest.raises(InputError, match="dgkd_drop"):
-    distill.teacher_weights("dgkd", 4, 0, 0, dgkd_drop=4)
+    distill.get_strategy("dgkd").weights(4, 0, 0, dgkd_drop=4)
 
 
 def _model_and_teachers(config, seeds):
-  model, tx = models.from_config(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), make_optimizer(config)
   variables = {}
   for s in seeds:
-    state = train.init_state(config, model, tx, s)
+    state = init_state(config, model, tx, s)
     variables[s] = {"params": state.params, "batch_stats": state.batch_stats}
   return model, tx, variables
 
@@ -149,7 +166,7 @@ def test_mtkd_averages_map_targets_and_dgkd_weights_losses(combine):
 
 def test_mtkd_teachers_train_on_the_same_phantom_cases_from_different_initialisations():
   config = _config("mtkd,test")
-  specs = distill.teachers_for("mtkd", 16, config.distill.mtkd_seeds)
+  specs = distill.get_strategy("mtkd").teacher_specs(16, config.distill.mtkd_seeds)
   configs = [job.teacher_config(config, spec) for spec in specs]
   assert len({c.seed for c in configs}) == len(specs)  # initialisation, shuffling, crops differ
   assert {c.data.seed for c in configs} == {config.data.seed}
@@ -206,7 +223,7 @@ def test_teacher_gets_the_same_crop_at_its_own_factor():
 
 
 def _teaching(config, variables):
-  specs = distill.teachers_for("pkd", 16)
+  specs = distill.get_strategy("pkd").teacher_specs(16)
   return distill.Teaching("pkd", specs, {s.name: variables[i] for i, s in enumerate(specs)},
                           config.seed, patience=config.distill.patience,
                           max_epochs_per_stage=config.distill.max_epochs_per_stage)
@@ -241,21 +258,21 @@ def test_pkd_run_compiles_once_keeps_teachers_frozen_and_resumes_in_stage(tmp_pa
     train.train_and_evaluate(config, str(tmp_path / "resumed"), _teaching(config, list(variables.values())))
   monkeypatch.setattr(train, "train_step", real_step)
   resumed = _teaching(config, list(variables.values()))
-  manager = train.checkpoint_manager(str(tmp_path / "resumed"), 3)
+  manager = checkpoints.checkpoint_manager(str(tmp_path / "resumed"), 3)
   assert manager.latest_step() == 4
   restored = manager.restore(4, args=ocp.args.Composite(teaching=ocp.args.JsonRestore()))
   assert restored["teaching"]["schedule"]["stage"] == 2
   train.train_and_evaluate(config, str(tmp_path / "resumed"), resumed)
   assert json.loads((tmp_path / "resumed" / "schedule.json").read_text()) == history
-  for a, b in zip(jax.tree.leaves(train.load_variables(str(tmp_path / "straight"), config, "latest")),
-                  jax.tree.leaves(train.load_variables(str(tmp_path / "resumed"), config, "latest"))):
+  for a, b in zip(jax.tree.leaves(checkpoints.load_variables(str(tmp_path / "straight"), config, "latest")),
+                  jax.tree.leaves(checkpoints.load_variables(str(tmp_path / "resumed"), config, "latest"))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_teacher_of_another_factor_or_architecture_is_an_error_before_training(tmp_path):
   config = _config()
   (tmp_path / "teachers" / "x8").mkdir(parents=True)
-  spec = dict(train.model_spec(job.teacher_config(config, distill.TeacherSpec(8))), factor=4)
+  spec = dict(checkpoints.model_spec(job.teacher_config(config, distill.TeacherSpec(8))), factor=4)
   (tmp_path / "teachers" / "x8" / "model.json").write_text(json.dumps(spec))
   with pytest.raises(InputError, match=r"x8.*another model.*factor 4 vs 8"):
     job.Job(config, str(tmp_path)).check()

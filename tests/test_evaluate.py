@@ -10,7 +10,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from configs import student as student_config
 from configs import teacher as teacher_config
-from pkd_jax import evaluate, report
+from pkd_jax import baselines, evaluate, metrics, report
 from pkd_jax.data import pipeline
 from pkd_jax.data.case import TARGET_MAPS
 
@@ -20,7 +20,7 @@ def test_ssim_and_psnr_equal_scikit_image(data_range):
   rng = np.random.default_rng(int(data_range))
   pred = rng.uniform(0, data_range, (3, 32, 40)).astype(np.float32)
   target = np.clip(pred + rng.normal(0, 0.1 * data_range, pred.shape), 0, data_range).astype(np.float32)
-  ours = evaluate.slice_metrics(pred, target, data_range)
+  ours = metrics.slice_metrics(pred, target, data_range)
   for i in range(3):
     ssim = structural_similarity(target[i], pred[i], gaussian_weights=True, sigma=1.5,
                                  use_sample_covariance=False, data_range=data_range)
@@ -31,7 +31,7 @@ def test_ssim_and_psnr_equal_scikit_image(data_range):
 
 def test_rmse_of_known_offset_is_the_offset():
   target = np.full((2, 16, 16), 5.0, np.float32)
-  assert evaluate.slice_metrics(target + 1.5, target, 24.0)["rmse"] == pytest.approx([1.5, 1.5])
+  assert metrics.slice_metrics(target + 1.5, target, 24.0)["rmse"] == pytest.approx([1.5, 1.5])
 
 
 def test_paired_t_test_matches_the_textbook_formula():
@@ -39,8 +39,8 @@ def test_paired_t_test_matches_the_textbook_formula():
   b = np.array([1.4, 1.6, 1.3, 1.3, 1.6, 1.2])
   d = a - b
   t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
-  assert evaluate.paired_t_test(a, b, "less") == pytest.approx(stats.t.cdf(t, len(d) - 1))
-  assert evaluate.paired_t_test(a, b, "greater") == pytest.approx(stats.t.sf(t, len(d) - 1))
+  assert metrics.paired_t_test(a, b, "less") == pytest.approx(stats.t.cdf(t, len(d) - 1))
+  assert metrics.paired_t_test(a, b, "greater") == pytest.approx(stats.t.sf(t, len(d) - 1))
 
 
 def test_brain_metrics_inside_mask():
@@ -49,7 +49,7 @@ def test_brain_metrics_inside_mask():
   mask = np.zeros_like(target, bool)
   mask[:, 2:6, 2:6] = True
   pred = np.where(mask, 2 * target + 1, 1e6)  # outside the mask must not count
-  got = evaluate.brain_metrics(pred, target, mask)
+  got = metrics.brain_metrics(pred, target, mask)
   assert got["pearson"] == pytest.approx(1.0) and got["spearman"] == pytest.approx(1.0)
   assert got["mae"] == pytest.approx(np.mean(target[mask] + 1))
 
@@ -61,7 +61,7 @@ def test_lesion_volumes_use_thresholds_and_the_healthy_side():
   tmax[0, 2:6, 1:4] = 8.0  # 12 voxels with Tmax > 6 s, on the left
   cbf[0, 2:4, 1:4] = 10.0  # 6 voxels below 30% of the right side's 50
   cbf[0, :, 5:] = 60.0  # the healthy side sets the reference: 0.3 * 60 = 18
-  volumes = evaluate.lesion_volumes_ml(tmax, cbf, mask, voxel_ml=0.5)
+  volumes = metrics.lesion_volumes_ml(tmax, cbf, mask, voxel_ml=0.5)
   assert volumes == {"tmax_gt_6s_ml": 6.0, "cbf_lt_30pct_ml": 3.0}
 
 
@@ -74,7 +74,7 @@ def test_score_averages_slices_per_case():
     for k in preds:
       preds[k].append(maps[k] + offset)
   preds = {k: np.stack(v) for k, v in preds.items()}
-  result = evaluate.score(records, preds, {"tmax": 20.0, "cbv": 8.0, "cbf": 100.0}, [1.0, 1.0])
+  result = metrics.score(records, preds, {"tmax": 20.0, "cbv": 8.0, "cbf": 100.0}, [1.0, 1.0])
   assert result["cases"] == [0, 1]
   np.testing.assert_allclose(result["per_case"]["tmax"]["rmse"], [2.0, 2.0], rtol=1e-5)
   np.testing.assert_allclose(result["per_case"]["cbv"]["mae"], [2.0, 2.0], rtol=1e-5)
@@ -106,10 +106,10 @@ def test_tmax_dice_inside_the_brain():
   pred = np.zeros((1, 4, 4))
   pred[0, 1:3] = 8.0  # 8 voxels, 4 of them right
   mask = np.ones((1, 4, 4), bool)
-  assert evaluate.tmax_dice(pred, truth, mask) == pytest.approx(0.5)
+  assert metrics.tmax_dice(pred, truth, mask) == pytest.approx(0.5)
   mask[0, 2:] = False  # outside the brain does not count: 4 / (4 + 8) * 2
-  assert evaluate.tmax_dice(pred, truth, mask) == pytest.approx(2 * 4 / 12)
-  assert evaluate.tmax_dice(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), mask) == 1.0
+  assert metrics.tmax_dice(pred, truth, mask) == pytest.approx(2 * 4 / 12)
+  assert metrics.tmax_dice(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), mask) == 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,25 +124,25 @@ def test_constant_predictor_is_the_training_median_inside_the_brain():
   source = pipeline.make_source(config.data, "train")
   train_records = [source[i] for i in range(len(source))]
   train_brain = np.stack([r["brain_mask"] for r in train_records]) > 0
-  values = evaluate.healthy_values(config)
+  values = baselines.healthy_values(config)
   records = evaluate.split_records(config, "test")
-  maps = evaluate.constant_maps(records[0], values)
+  maps = baselines.constant_maps(records[0], values)
   brain = np.stack([r["brain_mask"] for r in records[0]]) > 0
   for k in TARGET_MAPS:
     train_truth = np.stack([r[k] for r in train_records])
     assert values[k] == pytest.approx(np.median(train_truth[train_brain]))
     assert np.all(maps[k][brain] == np.float32(values[k])) and np.all(maps[k][~brain] == 0)
   assert 0 <= values["tmax"] < 6 and 10 < values["cbf"] < 60  # healthy tissue
-  result = evaluate.evaluate_constant(config, records=records, values=values)
+  result = baselines.evaluate_constant(config, records=records, values=values)
   truth = np.stack([r["tmax"] for r in records[0]])
-  expected = evaluate.slice_metrics(maps["tmax"], truth, config.data.map_ranges.tmax)["rmse"]
+  expected = metrics.slice_metrics(maps["tmax"], truth, config.data.map_ranges.tmax)["rmse"]
   assert result["per_case"]["tmax"]["rmse"] == pytest.approx([expected.mean()])
   assert result["values"] == values
 
 
 def test_classical_best_is_tuned_on_validation_and_scored_per_test_case():
   config = teacher_config.get_config("1,test")
-  results = evaluate.evaluate_classical_best(config, 1, **TINY_GRID)
+  results = baselines.evaluate_classical_best(config, 1, **TINY_GRID)
   assert set(results) == {"true", "select"}
   for mode, result in results.items():
     assert len(result["search"]) == 4 and result["tune_split"] == "validation"
@@ -155,7 +155,7 @@ def test_classical_best_is_tuned_on_validation_and_scored_per_test_case():
   # The search (perfusion_maps_variants) and the pipeline (classical_maps) agree: the chosen
   # settings rescored on the validation split give the search's numbers.
   true = results["true"]
-  again = evaluate.evaluate_classical(config, 1, true["settings"], "true", split="validation")
+  again = baselines.evaluate_classical(config, 1, true["settings"], "true", split="validation")
   best = min(true["search"], key=lambda row: row["objective"])
   for k in TARGET_MAPS:
     assert np.mean(again["per_case"][k]["rmse"]) == pytest.approx(best[f"{k}_rmse"], rel=1e-3)
@@ -165,8 +165,8 @@ def test_ttp_floor_scores_tmax_and_takes_the_constant_cbv_cbf():
   config = teacher_config.get_config("1,test")
   records = evaluate.split_records(config, "test")
   values = {"tmax": 1.0, "cbv": 2.0, "cbf": 30.0}
-  ttp = evaluate.evaluate_ttp(config, 1, records=records, values=values)
-  constant = evaluate.evaluate_constant(config, records=records, values=values)
+  ttp = baselines.evaluate_ttp(config, 1, records=records, values=values)
+  constant = baselines.evaluate_constant(config, records=records, values=values)
   assert ttp["aif_mode"] == "true"
   for k in ("cbv", "cbf"):
     np.testing.assert_allclose(ttp["per_case"][k]["rmse"], constant["per_case"][k]["rmse"])
@@ -174,15 +174,15 @@ def test_ttp_floor_scores_tmax_and_takes_the_constant_cbv_cbf():
 
 
 def test_job_report_has_the_classical_rows_and_the_floors(tmp_path, monkeypatch):
-  from pkd_jax import job, models, train  # pylint: disable=import-outside-toplevel
+  from pkd_jax import checkpoints, job, models  # pylint: disable=import-outside-toplevel
 
   config = student_config.get_config("pkd,test")
   # No trained networks: every network row is the constant predictor (the report is under test).
   monkeypatch.setattr(models, "from_config", lambda cfg: None)
-  monkeypatch.setattr(train, "load_variables", lambda folder, cfg, *args: None)
+  monkeypatch.setattr(checkpoints, "load_variables", lambda folder, cfg, *args: None)
 
   def fake_network(cfg, model, variables, factor, split="test", batch_size=4, records=None):
-    result = evaluate.evaluate_constant(cfg, records=records, values={"tmax": 1.0, "cbv": 2.0,
+    result = baselines.evaluate_constant(cfg, records=records, values={"tmax": 1.0, "cbv": 2.0,
                                                                       "cbf": 30.0})
     example = {k: records[0][0][k] for k in TARGET_MAPS}
     result["example"] = {"truth": example, "prediction": example}
@@ -195,7 +195,7 @@ def test_job_report_has_the_classical_rows_and_the_floors(tmp_path, monkeypatch)
   for name, value in (("CLASSICAL_SPATIAL_SIGMAS_MM", TINY_GRID["spatial_sigmas_mm"]),
                       ("CLASSICAL_TEMPORAL_SIGMAS_S", TINY_GRID["temporal_sigmas_s"]),
                       ("CLASSICAL_SVD", TINY_GRID["svd_variants"])):
-    monkeypatch.setattr(evaluate, name, value)
+    monkeypatch.setattr(baselines, name, value)
   paths = job.Job(config, str(tmp_path)).report()
   markdown = open(paths["table"]).read()
   for row in ("classical", "(true AIF)", "(selected AIF)", "TTP Tmax", "constant healthy",

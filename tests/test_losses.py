@@ -11,6 +11,7 @@ import pytest
 from pkd_jax import losses
 from pkd_jax.errors import InputError
 from pkd_jax.models import vgg
+from pkd_jax.tools import vgg as vgg_tool
 
 WEIGHTS = {"mae": 1.0, "ssim": 1.0, "perceptual": 1.0}
 NO_PERC = {"mae": 1.0, "ssim": 1.0, "perceptual": 0.0}
@@ -212,7 +213,7 @@ def test_save_state_dict_npz_roundtrip_atomic(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
 def test_convert_without_torch_is_a_clear_error(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
-    vgg.main(["convert", str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg16.npz")])
+    vgg_tool.main(["convert", str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg16.npz")])
   assert e.value.code == 2
   assert "PyTorch is not installed" in capsys.readouterr().err
 

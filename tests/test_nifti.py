@@ -14,6 +14,7 @@ import pytest
 from pkd_jax.data import nifti
 from pkd_jax.data.case import Case
 from pkd_jax.errors import InputError
+from pkd_jax.tools import validate
 
 S, T, H, W = 3, 6, 16, 16
 
@@ -313,7 +314,7 @@ def test_bad_input_raises_clear_error(tmp_path, make_bad):
 def test_cli_reports_bad_input_without_traceback(tmp_path):
   case_dir = _written(tmp_path)
   shutil.rmtree(role_file(case_dir, "cbf").parent)
-  result = subprocess.run([sys.executable, "-m", "pkd_jax.data.nifti", str(tmp_path)],
+  result = subprocess.run([sys.executable, "-m", "pkd_jax.tools.validate", str(tmp_path)],
                           capture_output=True, text=True, timeout=60,
                           cwd=pathlib.Path(__file__).resolve().parents[1])
   assert result.returncode == 2, result.stderr
@@ -324,14 +325,14 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
 def test_cli_summary(tmp_path, capsys):
   nifti.write_isles_dataset([make_case(0), make_case(1)], tmp_path)
   shutil.rmtree(role_file(tmp_path / "case_2", "tmax").parent)
-  nifti.main([str(tmp_path), "--no-maps"])
+  validate.main([str(tmp_path), "--no-maps"])
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 3
   assert lines[0].startswith("case_1: (S, T, H, W) = (3, 6, 16, 16), frame interval 1.3 s")
   assert "maps: tmax, cbv, cbf, mtt" in lines[0] and "maps: cbv, cbf, mtt" in lines[1]
   assert lines[2].startswith("2 cases, 6 slices")
   with pytest.raises(SystemExit) as info:
-    nifti.main([str(tmp_path), "--pattern", "tmax"])
+    validate.main([str(tmp_path), "--pattern", "tmax"])
   assert info.value.code == 2
   assert "--pattern: expected ROLE=GLOB" in capsys.readouterr().err
 

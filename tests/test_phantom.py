@@ -138,7 +138,7 @@ def test_noise_variance_follows_dose():
 
 def test_show_writes_png(tmp_path):
   out = tmp_path / "case.png"
-  result = subprocess.run([sys.executable, "-m", "pkd_jax.data.phantom", "--show", "--out", str(out),
+  result = subprocess.run([sys.executable, "-m", "pkd_jax.tools.phantom", "--show", "--out", str(out),
                            "--size", "64", "--slices", "2", "--case", "1"],
                           capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr
@@ -147,7 +147,7 @@ def test_show_writes_png(tmp_path):
 
 
 def test_show_into_missing_folder_is_a_clear_error(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "pkd_jax.data.phantom", "--show", "--out",
+  result = subprocess.run([sys.executable, "-m", "pkd_jax.tools.phantom", "--show", "--out",
                            str(tmp_path / "nope" / "case.png"), "--size", "32"],
                           capture_output=True, text=True, check=False)
   assert result.returncode == 2

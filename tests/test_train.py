@@ -13,8 +13,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import teacher as teacher_config
-from pkd_jax import models, train
+from pkd_jax import checkpoints, hooks, models, train
 from pkd_jax.data import pipeline
+from pkd_jax.state import init_state, make_optimizer
 from tests.helpers import config_with
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -32,8 +33,8 @@ def _one_batch(config):
 
 def test_tiny_model_overfits_one_batch():
   config = _config(train__steps=150, train__learning_rate=3e-3)
-  model, tx = models.from_config(config), train.make_optimizer(config)
-  state = train.init_state(config, model, tx, 0)
+  model, tx = models.from_config(config), make_optimizer(config)
+  state = init_state(config, model, tx, 0)
   batch = _one_batch(config)
   perceptual = train.make_perceptual(config)
   step = functools.partial(train.train_step, model=model, tx=tx,
@@ -46,8 +47,8 @@ def test_tiny_model_overfits_one_batch():
 
 
 def _losses_after(config, steps: int) -> list[float]:
-  model, tx = models.from_config(config), train.make_optimizer(config)
-  state = train.init_state(config, model, tx, 0)
+  model, tx = models.from_config(config), make_optimizer(config)
+  state = init_state(config, model, tx, 0)
   batch = _one_batch(config)
   step = functools.partial(train.train_step, model=model, tx=tx,
                            loss_config=train.LossConfig.from_config(config))
@@ -68,15 +69,50 @@ def test_bfloat16_training_follows_float32():
   assert abs(bf16[-1] - f32[-1]) <= 0.05 * f32[-1], (f32[-1], bf16[-1])
 
 
+class _RecordingHook(hooks.Hook):
+  """Records what the loop calls, and carries a counter through checkpoints."""
+
+  def __init__(self):
+    self.calls, self.loaded = [], None
+
+  def after_step(self, step, metrics, log):
+    self.calls.append(("step", step, float(metrics["loss"])))
+
+  def end_epoch(self, step, log):
+    self.calls.append(("epoch", step))
+
+  def after_evaluation(self, step, metrics, log):
+    self.calls.append(("evaluation", step, metrics["loss"]))
+
+  def finish(self, log):
+    self.calls.append(("finish", log.workdir))
+
+  def state_dict(self):
+    return {"steps_seen": sum(c[0] == "step" for c in self.calls)}
+
+  def load_state_dict(self, state):
+    self.loaded = state
+
+
 def test_test_run_trains_validates_checkpoints_and_logs(tmp_path):
-  result = train.train_and_evaluate(_config(loss__perceptual=1.0), str(tmp_path))
+  hook = _RecordingHook()
+  result = train.train_and_evaluate(_config(loss__perceptual=1.0), str(tmp_path), hook)
+  kinds = [c[:2] for c in hook.calls]
+  # 4 training slices in batches of 2: an epoch is 2 steps; validation every 3 steps
+  assert kinds == [("step", 1), ("step", 2), ("epoch", 2), ("step", 3), ("evaluation", 3),
+                   ("step", 4), ("epoch", 4), ("step", 5), ("step", 6), ("epoch", 6),
+                   ("evaluation", 6), ("finish", str(tmp_path))]
+  assert hook.calls[-2][2] == result["val_loss"]
+  resumed = _RecordingHook()  # nothing left to train: the checkpoint's hook state comes back
+  train.train_and_evaluate(_config(loss__perceptual=1.0), str(tmp_path), resumed)
+  assert resumed.loaded == {"steps_seen": 6} and [c[0] for c in resumed.calls] == ["finish"]
   assert result["val_tmax/perceptual"] > 0  # the whole paper loss, perceptual term included
   assert result["step"] == 6 and np.isfinite(result["val_loss"])
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [3, 6]
   assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
   assert (tmp_path / "model.json").exists()
-  variables = train.load_variables(str(tmp_path), _config(loss__perceptual=1.0))
+  variables = checkpoints.load_variables(str(tmp_path), _config(loss__perceptual=1.0))
   assert set(variables) == {"params", "batch_stats"}
 
 
@@ -103,19 +139,19 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
   finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
   assert finished.returncode == 0, finished.stderr[-2000:]
   assert "resumed from step" in finished.stderr
-  for a, b in zip(_leaves(train.load_variables(str(uninterrupted), config, which="latest")),
-                  _leaves(train.load_variables(str(resumed), config, which="latest"))):
+  for a, b in zip(_leaves(checkpoints.load_variables(str(uninterrupted), config, which="latest")),
+                  _leaves(checkpoints.load_variables(str(resumed), config, which="latest"))):
     np.testing.assert_array_equal(a, b)
 
 
 def test_train_step_compiles_once_for_different_teachers():
   config = _config()
-  model, tx = models.from_config(config), train.make_optimizer(config)
+  model, tx = models.from_config(config), make_optimizer(config)
   loss_config = train.LossConfig.from_config(config)
-  state = train.init_state(config, model, tx, 0)
+  state = init_state(config, model, tx, 0)
   teachers = []
   for seed in (1, 2):
-    t = train.init_state(config, model, tx, seed)
+    t = init_state(config, model, tx, seed)
     variables = {"params": t.params, "batch_stats": t.batch_stats}
     teachers.append({"variables": jax.tree.map(lambda a: a[None], variables),
                      "weights": np.ones(1, np.float32)})
@@ -183,10 +219,10 @@ def test_best_checkpoint_is_the_lowest_validation_loss_and_survives_the_keep_pol
   """Step 2 has the lowest validation loss: with keep=1 it must stay on disk, reopened managers
   must call it best, and load_variables / predict's "best" must load it (not the latest)."""
   config = _config()
-  model, tx = models.from_config(config), train.make_optimizer(config)
-  state = train.init_state(config, model, tx, 0)
-  train.check_workdir_spec(str(tmp_path), train.model_spec(config))
-  manager = train.checkpoint_manager(str(tmp_path), keep=1)
+  model, tx = models.from_config(config), make_optimizer(config)
+  state = init_state(config, model, tx, 0)
+  checkpoints.check_workdir_spec(str(tmp_path), checkpoints.model_spec(config))
+  manager = checkpoints.checkpoint_manager(str(tmp_path), keep=1)
   val_losses = {1: 3.0, 2: 1.0, 3: 2.0, 4: 2.5, 5: 4.0}
 
   def save(manager, step, val_loss):
@@ -203,12 +239,36 @@ def test_best_checkpoint_is_the_lowest_validation_loss_and_survives_the_keep_pol
     save(manager, step, val_loss)
   manager.close()
   assert on_disk() == [2, 5]  # the best and the latest 1
-  reopened = train.checkpoint_manager(str(tmp_path), keep=1)  # as a resumed run does
+  reopened = checkpoints.checkpoint_manager(str(tmp_path), keep=1)  # as a resumed run does
   assert reopened.best_step() == 2 and reopened.latest_step() == 5
   save(reopened, 6, 5.0)
   reopened.close()
   assert on_disk() == [2, 6]
   for which, step in (("best", 2), ("latest", 6)):
-    loaded = train.load_variables(str(tmp_path), config, which)
+    loaded = checkpoints.load_variables(str(tmp_path), config, which)
     for a, b in zip(_leaves(loaded["params"]), _leaves(state.params)):
       np.testing.assert_allclose(a, b + step, rtol=1e-6)
+
+
+def test_loading_a_checkpoint_leaves_a_save_in_progress_alone(tmp_path):
+  """predict / evaluate on a run that is still training: opening its checkpoints to load must
+  not delete the temporary folder of the checkpoint being written (a writing manager does)."""
+  config = _config()
+  model, tx = models.from_config(config), make_optimizer(config)
+  state = init_state(config, model, tx, 0)
+  checkpoints.check_workdir_spec(str(tmp_path), checkpoints.model_spec(config))
+  manager = checkpoints.checkpoint_manager(str(tmp_path), keep=2)
+  manager.save(1, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({}),
+      teaching=ocp.args.JsonSave({})), metrics={"val_loss": 1.0})
+  manager.wait_until_finished()
+  manager.close()
+  in_progress = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp"
+  (in_progress / "state").mkdir(parents=True)
+  assert not checkpoints.is_finished(str(tmp_path), config)
+  checkpoints.load_variables(str(tmp_path), config, "latest")
+  time.sleep(1.0)  # orbax cleans up in a background thread
+  assert in_progress.is_dir()
+  checkpoints.checkpoint_manager(str(tmp_path), keep=2)  # a writer (a resumed run) does clean up
+  time.sleep(1.0)
+  assert not in_progress.exists()

@@ -35,14 +35,13 @@ Writing (:func:`write_isles_case`, :func:`write_isles_dataset`) stores a :class:
 (HU rounded), maps as int16 with an automatic scl_slope / scl_inter, the core mask as uint8, and
 frame 0 as the non-contrast CT. Each case is written under a temporary name and renamed into place.
 
-Command line: ``python -m pkd_jax.data.nifti ROOT [--layout isles2018|folder] [--pattern
+Command line: ``python -m pkd_jax.tools.validate ROOT [--layout isles2018|folder] [--pattern
 ROLE=GLOB ...] [--no-maps] [--frame-interval S]`` reads and validates every case and prints a
 summary; bad input ends with ``error: <path>: <problem>`` and exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import pathlib
@@ -56,7 +55,7 @@ from tqdm import tqdm
 
 from pkd_jax import fileio
 from pkd_jax.data.case import TARGET_MAPS, Case
-from pkd_jax.errors import InputError, exit_on_input_error
+from pkd_jax.errors import InputError
 
 # Every role a layout can name; see the module docstring.
 ROLES = ("scan", "ct", "tmax", "cbv", "cbf", "mtt", "core")
@@ -530,47 +529,3 @@ def write_isles_dataset(cases: Iterable[Case], root: os.PathLike | str, start: i
   for k, case in enumerate(tqdm(cases, desc=f"writing {root}", unit="case")):
     paths.append(write_isles_case(case, root, start + k, overwrite=overwrite))
   return paths
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line.
-
-
-def _summary(case: Case) -> str:
-  num_slices, num_frames, height, width = case.scan_hu.shape
-  dz, dx, dy = case.spacing_mm
-  maps = ", ".join(case.maps) or "none"
-  masks = ", ".join(case.masks) or "none"
-  return (f"{case.case_id}: (S, T, H, W) = ({num_slices}, {num_frames}, {height}, {width}), "
-          f"frame interval {case.frame_interval_s:.4g} s ({case.params['frame_interval_source']}), "
-          f"spacing {dz:.4g} x {dx:.4g} x {dy:.4g} mm, maps: {maps}, masks: {masks}")
-
-
-@exit_on_input_error
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog="python -m pkd_jax.data.nifti",
-      description="Read and validate every CTP case under ROOT; print one line per case.")
-  parser.add_argument("root", help="the data folder, holding one folder per case")
-  parser.add_argument("--layout", default="isles2018", choices=list(LAYOUTS))
-  parser.add_argument("--pattern", action="append", default=[], metavar="ROLE=GLOB",
-                      help=f"glob relative to a case folder for a role ({', '.join(ROLES)}); "
-                      "repeatable; overrides the layout's preset")
-  parser.add_argument("--no-maps", action="store_true",
-                      help="do not require the tmax, cbv and cbf maps")
-  parser.add_argument("--frame-interval", type=float, metavar="SECONDS",
-                      help="seconds per frame, overriding the headers")
-  args = parser.parse_args(argv)
-  patterns = parse_patterns(args.pattern)
-  case_dirs = find_cases(args.root, args.layout, patterns)
-  num_slices = 0
-  for case_dir in case_dirs:
-    case = read_case(case_dir, args.layout, patterns, require_maps=not args.no_maps,
-                     frame_interval_s=args.frame_interval)
-    num_slices += case.num_slices
-    print(_summary(case), flush=True)
-  print(f"{len(case_dirs)} cases, {num_slices} slices in {args.root}: all valid")
-
-
-if __name__ == "__main__":
-  main()

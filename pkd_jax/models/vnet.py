@@ -47,7 +47,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pkd_jax.data.case import TARGET_MAPS
 from pkd_jax.errors import InputError
 
 DOWN_IMPLS = ("conv", "space_to_depth")
@@ -78,6 +77,8 @@ DECODER_WIDTHS = (16, 8, 4, 2)
 DECODER_DEPTHS = (3, 3, 2, 1)
 # T, H and W are halved four times.
 DOWNSAMPLING = 2 ** (len(ENCODER_WIDTHS) - 1)
+
+HEADS = ("tmax", "cbv", "cbf")  # the decoder heads, one per map (the data's TARGET_MAPS order)
 
 _DN_3D = ("NDHWC", "DHWIO", "NDHWC")
 _DN_2D = ("NHWC", "HWIO", "NHWC")
@@ -337,10 +338,11 @@ class VNet(nn.Module):
     conv_impl: one of :data:`CONV_IMPLS`.
     dtype: computation dtype (parameters are always float32; outputs are float32).
     bn_momentum: BatchNorm running-average momentum (Flax convention: new = m * old + (1 - m) * x).
-    output_scales: each head's output is multiplied by its scale (tmax, cbv, cbf order), so the
+    output_scales: each head's output is multiplied by its scale (in heads order), so the
       layers work at unit scale while the maps come out in physical units (e.g. the data's map
       ranges 20 s, 8, 100); None or 1s for the plain network. A reparametrisation: the parameter
       count is unchanged.
+    heads: the names of the decoder heads (the maps), one decoder each.
   """
 
   filters: int = 16
@@ -351,6 +353,7 @@ class VNet(nn.Module):
   dtype: Dtype = jnp.float32
   bn_momentum: float = 0.9
   output_scales: tuple[float, ...] | None = None
+  heads: tuple[str, ...] = HEADS
 
   def __post_init__(self):
     _check_choice("down_impl", self.down_impl, DOWN_IMPLS)
@@ -384,10 +387,10 @@ class VNet(nn.Module):
     self.check_input(x.shape)
     common = dict(conv_impl=self.conv_impl, dtype=self.dtype, bn_momentum=self.bn_momentum)
     feats = Encoder(self.filters, down_impl=self.down_impl, name="encoder", **common)(x, train)
-    scales = self.output_scales or (1.0,) * len(TARGET_MAPS)
+    scales = self.output_scales or (1.0,) * len(self.heads)
     maps = {
         name: scale * DecoderHead(self.filters, up_impl=self.up_impl, name=f"head_{name}",
                                   **common)(feats, train)
-        for name, scale in zip(TARGET_MAPS, scales)
+        for name, scale in zip(self.heads, scales)
     }
     return maps, {"bottleneck": feats[-1]}

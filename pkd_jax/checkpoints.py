@@ -1,0 +1,135 @@
+"""Checkpoints of a workdir: what they are checkpoints of (model.json), the orbax manager that
+writes them (the latest few plus the best by validation loss), resuming a run, and loading a
+trained model's variables for evaluation, distillation and prediction.
+
+Loading never changes the folder: a manager opened for reading is read-only and leaves the
+temporary folders of a checkpoint being written alone, so predicting from (or evaluating) a run
+that is still training is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers
+
+from pkd_jax import fileio, models
+from pkd_jax.data.case import TARGET_MAPS
+from pkd_jax.errors import InputError
+from pkd_jax.state import TrainState, init_state, make_optimizer
+
+MODEL_SPEC_FILE = "model.json"  # what a workdir's checkpoints are checkpoints of
+
+
+def model_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a checkpoint holds: architecture and input; a workdir must not mix two of them."""
+  return dict(model=config.model.name, filters=config.model.filters,
+              num_frames=config.data.patch.num_frames, factor=config.train.factor,
+              frame_interval_s=float(config.data.frame_interval_s),
+              input_norm=config.data.input_norm, scale_outputs=bool(config.model.scale_outputs),
+              map_ranges={k: float(config.data.map_ranges[k]) for k in TARGET_MAPS})
+
+
+def check_workdir_spec(workdir: str, spec: dict[str, Any]) -> None:
+  """Writes workdir/model.json, or checks that the one there matches: else a clear error."""
+  path = os.path.join(workdir, MODEL_SPEC_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      found = json.load(f)
+    if found != spec:
+      diff = {k: (found.get(k), spec.get(k)) for k in set(found) | set(spec) if found.get(k) != spec.get(k)}
+      raise InputError(path, "the workdir holds checkpoints of another model (found, configured): "
+                       + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
+                       + "; use another --workdir")
+    return
+  fileio.write_json(path, spec)
+
+
+def _val_loss(metrics) -> float:
+  """The quality of a checkpoint (lower is better): the validation loss saved with it."""
+  return float(metrics["val_loss"])
+
+
+def checkpoint_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+  """Latest `keep` checkpoints plus the best (lowest validation loss), written atomically.
+
+  orbax writes a checkpoint's metrics to disk, and ``best_step()`` ranks by them, only when the
+  options carry a ``best_fn``; without it ``best_step()`` is the latest step, and a reopened
+  manager (a resumed run) sees no metrics, so the keep policy deletes the best checkpoint.
+
+  read_only: for loading; the manager neither creates nor deletes anything (a writing manager
+  removes unfinished ``*.orbax-checkpoint-tmp`` folders when it opens: the checkpoint another
+  process is writing at that moment).
+  """
+  policy = checkpoint_managers.AnyPreservationPolicy([
+      checkpoint_managers.LatestN(n=keep),
+      checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
+                                keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_val_loss,
+                                         best_mode="min", cleanup_tmp_directories=not read_only,
+                                         read_only=read_only, create=not read_only)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options, item_names=("state", "data", "teaching"))
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState, data_iterator,
+                   hooks: Any = None):
+  """Restores the latest checkpoint onto state's structure, the input iterator and the loop's
+  hooks (anything with ``load_state_dict``, e.g. a distillation's teaching; saved as the
+  checkpoint's "teaching" item)."""
+  step = manager.latest_step()
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
+        teaching=ocp.args.JsonRestore()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise InputError(manager.directory, f"cannot restore checkpoint {step} onto this model "
+                     f"(another architecture?): {' '.join(str(e).split())[:300]}") from e
+  data_iterator.set_state(restored["data"])
+  if hooks is not None:
+    hooks.load_state_dict(restored["teaching"])
+  return restored["state"]
+
+
+def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """True when workdir holds a checkpoint at config.train.steps: nothing is left to train."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return False
+  latest = checkpoint_manager(workdir, config.train.keep_checkpoints, read_only=True).latest_step()
+  return latest is not None and latest >= config.train.steps
+
+
+def load_variables(workdir: str, config: ml_collections.ConfigDict,
+                   which: str = "best") -> dict[str, Any]:
+  """A trained model's variables (params, batch_stats): the "best" (by validation loss) or the
+  "latest" checkpoint of workdir."""
+  model, tx = models.from_config(config), make_optimizer(config)
+  path = os.path.join(workdir, MODEL_SPEC_FILE)
+  if not os.path.exists(path):
+    raise InputError(workdir, "no trained model here (no model.json)")
+  check_workdir_spec(workdir, model_spec(config))
+  manager = checkpoint_manager(workdir, config.train.keep_checkpoints, read_only=True)
+  if which not in ("best", "latest"):
+    raise InputError("checkpoint", f"must be 'best' or 'latest', got {which!r}")
+  step = manager.best_step() if which == "best" else manager.latest_step()
+  if step is None and manager.latest_step() is not None:  # saved without validation metrics
+    step = manager.latest_step()
+    logging.warning("%s: no checkpoint has a saved validation loss; using the latest, step %d",
+                    workdir, step)
+  if step is None:
+    raise InputError(workdir, "holds no checkpoint")
+  abstract = jax.eval_shape(lambda: init_state(config, model, tx, 0))
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+  state = restored["state"]
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
