@@ -31,43 +31,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
 from configs import teacher as teacher_config
-import numpy as np
 
+from experiments.common import summary, train_timed
 from pkd_jax import baselines, checkpoints, evaluate, fileio, metrics, models, report, train
 from pkd_jax.data.case import TARGET_MAPS
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/teacher_mini", "the teacher's run folder")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"),
                            "folder for teacher_mini.json and the learning curves")
-TRAIN_TIME_FILE = "train_time.json"
-
-
-def train_teacher(config, workdir: str) -> float:
-  """Trains (or resumes) the teacher; the seconds the whole training took."""
-  path = os.path.join(workdir, TRAIN_TIME_FILE)
-  recorded = {"seconds": 0.0}
-  if os.path.exists(path):
-    with open(path) as f:
-      recorded = json.load(f)
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
-    latest = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints).latest_step()
-    if latest is not None and latest >= config.train.steps:
-      return float(recorded["seconds"])  # trained already
-  start = time.perf_counter()
-  train.train_and_evaluate(config, workdir)
-  recorded["seconds"] += time.perf_counter() - start  # a resumed run adds its part
-  fileio.write_json(path, recorded)
-  return float(recorded["seconds"])
-
-
-def summary(per_case: dict, tmax_gt6_dice: float) -> dict:
-  """Mean over test cases of each map's RMSE, the pooled Dice and the per-case values."""
-  out = {f"{k}_rmse": float(np.mean(per_case[k]["rmse"])) for k in TARGET_MAPS}
-  out["tmax_gt6_dice"] = float(tmax_gt6_dice)
-  out["tmax_gt6_dice_case_mean"] = float(np.mean(per_case["tmax"]["gt6_dice"]))
-  out["per_case"] = {f"{k}_rmse": [round(float(v), 4) for v in per_case[k]["rmse"]]
-                     for k in TARGET_MAPS}
-  return out
 
 
 def comparison(config, workdir: str) -> dict:
@@ -96,7 +67,7 @@ def main(argv):
   command = " ".join(["python"] + sys.argv)
   config = teacher_config.get_config("1,mini")
   os.makedirs(_WORKDIR.value, exist_ok=True)
-  train_s = train_teacher(config, _WORKDIR.value)
+  train_s = train_timed(config, _WORKDIR.value)
   start = time.perf_counter()
   rows = comparison(config, _WORKDIR.value)
   result = dict(

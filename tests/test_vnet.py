@@ -238,7 +238,7 @@ def test_bad_settings_are_clear_errors(kwargs, match):
 def test_registry():
   assert models.MODELS["vnet"] is vnet.VNet
   assert isinstance(models.get_model("vnet", filters=4), vnet.VNet)
-  with pytest.raises(ValueError, match="unknown model 'unet'.*valid: unitobrain, vnet"):
+  with pytest.raises(ValueError, match="unknown model 'unet'.*valid: unet_gan, unitobrain, vnet"):
     models.get_model("unet")
 
 

@@ -18,15 +18,13 @@ is the computation dtype.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pkd_jax.errors import InputError
-from pkd_jax.models.vnet import HEADS, torch_uniform_init
+from pkd_jax.models.vnet import HEADS, check_series_shape, check_sizes, torch_uniform_init
 
 # Encoder widths at levels 1..4 as multiples of F; the bottleneck is 16 F; the decoder mirrors.
 ENCODER_WIDTHS = (1, 2, 4, 8)
@@ -125,24 +123,13 @@ class SliceNet(nn.Module):
   heads: tuple[str, ...] = HEADS
 
   def __post_init__(self):
-    if not isinstance(self.filters, numbers.Integral) or self.filters < 1:
-      raise InputError("filters", f"must be a positive integer, got {self.filters!r}")
-    if not isinstance(self.num_frames, numbers.Integral) or self.num_frames < 1:
-      raise InputError("num_frames", f"must be a positive integer, got {self.num_frames!r}")
+    check_sizes(self.filters, self.num_frames)
     super().__post_init__()
 
   def check_input(self, shape: Sequence[int]) -> None:
     """Raises ValueError unless ``shape`` is (B, T, H, W, 1) with T == num_frames and 16 | H, W."""
-    if len(shape) != 5 or shape[-1] != 1:
-      raise ValueError(f"{type(self).__name__} input must have shape (B, T, H, W, 1), got {tuple(shape)}")
-    _, t, h, w, _ = shape
-    if t != self.num_frames:
-      raise ValueError(f"{type(self).__name__} input has T={t} frames but the model was built for "
-                       f"num_frames={self.num_frames} (input shape {tuple(shape)})")
-    bad = {k: v for k, v in (("H", h), ("W", w)) if v % DOWNSAMPLING}
-    if bad:
-      raise ValueError(f"{type(self).__name__} input H and W must be multiples of {DOWNSAMPLING} (four "
-                       f"2x2 poolings); got {bad} in input shape {tuple(shape)}")
+    check_series_shape(type(self).__name__, shape, self.num_frames, "HW", DOWNSAMPLING,
+                       "four 2x2 poolings")
 
   def frames(self, x: Array) -> Array:
     """The checked input (B, T, H, W, 1) as (B, H, W, T) images in the computation dtype."""

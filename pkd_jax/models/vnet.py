@@ -188,6 +188,31 @@ def _check_choice(setting: str, value: str, valid: Sequence[str]) -> None:
     raise InputError(setting, f"unknown implementation {value!r}; valid: {', '.join(valid)}")
 
 
+def check_sizes(filters: Any, num_frames: Any) -> None:
+  """InputError unless the width F and the frame count T are positive integers."""
+  for name, value in (("filters", filters), ("num_frames", num_frames)):
+    if not isinstance(value, numbers.Integral) or value < 1:
+      raise InputError(name, f"must be a positive integer, got {value!r}")
+
+
+def check_series_shape(network: str, shape: Sequence[int], num_frames: int, axes: str,
+                       multiple: int, why: str) -> None:
+  """ValueError unless shape is (B, T, H, W, 1) with T == num_frames and the axes named in
+  ``axes`` (of "THW") multiples of ``multiple`` (``why``: the network's reason)."""
+  if len(shape) != 5 or shape[-1] != 1:
+    raise ValueError(f"{network} input must have shape (B, T, H, W, 1), got {tuple(shape)}")
+  _, t, h, w, _ = shape
+  if t != num_frames:
+    raise ValueError(f"{network} input has T={t} frames but the model was built for "
+                     f"num_frames={num_frames} (input shape {tuple(shape)})")
+  sizes = dict(T=t, H=h, W=w)
+  bad = {k: sizes[k] for k in axes if sizes[k] % multiple}
+  if bad:
+    names = ", ".join(axes[:-1]) + " and " + axes[-1]
+    raise ValueError(f"{network} input {names} must be multiples of {multiple} ({why}); "
+                     f"got {bad} in input shape {tuple(shape)}")
+
+
 # --------------------------------------------------------------------------------------------
 # Layers.
 
@@ -359,24 +384,12 @@ class VNet(nn.Module):
     _check_choice("down_impl", self.down_impl, DOWN_IMPLS)
     _check_choice("up_impl", self.up_impl, UP_IMPLS)
     _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
-    if not isinstance(self.filters, numbers.Integral) or self.filters < 1:
-      raise InputError("filters", f"must be a positive integer, got {self.filters!r}")
-    if not isinstance(self.num_frames, numbers.Integral) or self.num_frames < 1:
-      raise InputError("num_frames", f"must be a positive integer, got {self.num_frames!r}")
+    check_sizes(self.filters, self.num_frames)
     super().__post_init__()
 
   def check_input(self, shape: Sequence[int]) -> None:
     """Raises ValueError unless ``shape`` is (B, T, H, W, 1) with T == num_frames, 16 | T, H, W."""
-    if len(shape) != 5 or shape[-1] != 1:
-      raise ValueError(f"VNet input must have shape (B, T, H, W, 1), got {tuple(shape)}")
-    _, t, h, w, _ = shape
-    if t != self.num_frames:
-      raise ValueError(f"VNet input has T={t} frames but the model was built for "
-                       f"num_frames={self.num_frames} (input shape {tuple(shape)})")
-    bad = {k: v for k, v in (("T", t), ("H", h), ("W", w)) if v % DOWNSAMPLING}
-    if bad:
-      raise ValueError(f"VNet input T, H and W must be multiples of {DOWNSAMPLING} (four "
-                       f"halvings); got {bad} in input shape {tuple(shape)}")
+    check_series_shape("VNet", shape, self.num_frames, "THW", DOWNSAMPLING, "four halvings")
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[dict[str, Array], dict[str, Array]]:
