@@ -258,21 +258,23 @@ def evaluate_ttp(config: ml_collections.ConfigDict, factor: int, split: str = "t
 
 
 def reference_rows(config: ml_collections.ConfigDict, factors: Sequence[int], records=None,
-                   tune_records=None) -> list[dict[str, Any]]:
+                   tune_records=None, **grid) -> list[dict[str, Any]]:
   """Report rows of the classical reference and the sanity floors at each temporal factor.
 
   Per factor: the best classical pipeline per AIF mode (:func:`evaluate_classical_best`, key
   "classical_best_true_aif" / "classical_best_selected_aif"), the TTP floor ("ttp_tmax") and the
   constant healthy predictor ("constant_healthy", the same maps at every factor). Each row:
   method, key, factor, per_case, volumes, tmax_gt6_dice (pooled) and, where there are any,
-  settings.
+  settings. grid: the classical search grid (:func:`classical_search`'s keywords), if not the
+  default one.
   """
   records = split_records(config, "test") if records is None else records
   values = healthy_values(config)
   constant = evaluate_constant(config, records=records, values=values)
   rows = []
   for factor in factors:
-    best = evaluate_classical_best(config, factor, records=records, tune_records=tune_records)
+    best = evaluate_classical_best(config, factor, records=records, tune_records=tune_records,
+                                   **grid)
     for mode, result in best.items():
       key = "classical_best_" + AIF_MODES[mode].replace(" ", "_").lower()
       rows.append(dict(method=result["method"], key=key, factor=factor,

@@ -145,6 +145,8 @@ class Strategy:
     progressive: one teacher at a time, the next taking over when :class:`PKDSchedule` says so
       at the end of an epoch; otherwise all teachers teach at every step.
     drop_teachers: a random subset of the teachers per step (DGKD's ``dgkd_drop``).
+    ladder: the teachers are a ladder of temporal factors (1/8 .. full) of which only those finer
+      than the student teach (a 1/8 student learns from 1/4, 1/2 and full).
   """
 
   name: str
@@ -152,11 +154,14 @@ class Strategy:
   combine: str = "targets"
   progressive: bool = False
   drop_teachers: bool = False
+  ladder: bool = False
 
   def teacher_specs(self, student_factor: int, seeds: Sequence[int] = (0, 1, 2)
                     ) -> list[TeacherSpec]:
     """The teachers, checked to have finer temporal resolution than the student."""
     specs = self.teachers(seeds)
+    if self.ladder:
+      specs = [t for t in specs if t.factor < student_factor] or specs[-1:]
     for teacher in specs:
       if teacher.factor >= student_factor:
         raise InputError("config.train.factor",
@@ -183,8 +188,9 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("takd", lambda seeds: [TeacherSpec(4, assistant=True)]),
     Strategy("mtkd", lambda seeds: [TeacherSpec(1, seed=s) for s in seeds]),
     Strategy("dgkd", lambda seeds: [TeacherSpec(f) for f in (8, 4, 2, 1)], combine="losses",
-             drop_teachers=True),
-    Strategy("pkd", lambda seeds: [TeacherSpec(f) for f in (8, 4, 2, 1)], progressive=True),
+             drop_teachers=True, ladder=True),
+    Strategy("pkd", lambda seeds: [TeacherSpec(f) for f in (8, 4, 2, 1)], progressive=True,
+             ladder=True),
 )}
 
 

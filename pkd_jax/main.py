@@ -8,14 +8,12 @@ be overridden, e.g. ``--config.train.steps=100``) and dispatches on ``config.rol
 user's input end with a one-line message and exit status 2.
 """
 
-import os
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pkd_jax import job, train
+from pkd_jax import job, runtime, train
 from pkd_jax.errors import InputError, exit_on_input_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/teacher.py:8",
@@ -40,17 +38,6 @@ def run(config, workdir: str, mode: str = "train"):
   return ROLES[(config.role, mode)](config, workdir)
 
 
-def enable_compilation_cache() -> None:
-  """Keeps compiled XLA programs on disk, so a re-run (or resume) skips most compilation.
-
-  The folder is $JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/pkd_jax/xla.
-  """
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "pkd_jax", "xla"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with config errors reported in one line (exit 2) instead of a traceback."""
   try:
@@ -72,7 +59,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  enable_compilation_cache()
+  runtime.enable_compilation_cache()
   run(_CONFIG.value, _WORKDIR.value, _MODE.value)
 
 

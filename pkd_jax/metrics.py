@@ -73,6 +73,22 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], alternative: str = "le
   return float(stats.ttest_rel(a, b, alternative=alternative).pvalue)
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+  """Holm-Bonferroni adjusted p-values (Holm 1979) of one family of tests: the i-th smallest of m
+  is multiplied by m - i + 1, made monotone and capped at 1; NaNs (tests not done) are left out
+  of the family and stay NaN. Written here: scipy has no Holm (statsmodels is not a dependency).
+  """
+  p = np.asarray(p_values, np.float64)
+  out = np.full(p.shape, np.nan)
+  done = np.flatnonzero(~np.isnan(p))
+  order = done[np.argsort(p[done], kind="stable")]
+  m, running = len(order), 0.0
+  for i, j in enumerate(order):
+    running = max(running, min(1.0, (m - i) * p[j]))
+    out[j] = running
+  return [float(x) for x in out]
+
+
 def score(records: Sequence[dict[str, Any]], preds: dict[str, np.ndarray],
           ranges: dict[str, float], voxel_ml: Sequence[float]) -> dict[str, Any]:
   """Per-case metrics of predicted maps (N slices, H, W) against the records' ground truth.

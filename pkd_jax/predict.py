@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pkd_jax import fileio
+from pkd_jax import fileio, runtime
 from pkd_jax.data import nifti, preprocess, temporal
 from pkd_jax.data.case import MAP_UNITS, TARGET_MAPS, Case
 from pkd_jax.data.preprocess import Geometry
@@ -345,15 +345,6 @@ def predict_to_folder(workdir: os.PathLike | str, input_path: os.PathLike | str,
 # Command line.
 
 
-def _enable_compilation_cache() -> None:
-  import jax  # pylint: disable=import-outside-toplevel
-
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "pkd_jax", "xla"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m pkd_jax.predict",
@@ -390,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = build_parser().parse_args(argv)
   if args.batch_size < 1:
     raise InputError("--batch-size", f"must be positive, got {args.batch_size}")
-  _enable_compilation_cache()
+  runtime.enable_compilation_cache()
   geometry = Geometry(args.height, args.width, args.frames)  # time grid: the run's model.json
   folder, maps = predict_to_folder(args.workdir, args.input, args.output, args.temporal_factor,
                                    geometry, args.checkpoint, args.batch_size, args.overwrite)

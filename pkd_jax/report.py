@@ -158,27 +158,35 @@ def lesion_figure(slices: dict[str, Sequence[dict[str, Any]]], tmax_range: float
   return fileio.save_figure(fig, path)
 
 
-def learning_curves(history: Sequence[dict[str, float]], path: str, title: str = "",
-                    floors: dict[str, dict[str, float]] | None = None) -> str:
-  """The learning curves of a run (its validation.json): validation RMSE of each map in its
-  units and the Dice of Tmax > 6 s over steps, one panel each; floors: optional horizontal lines
-  {name: {"tmax_rmse": ..., "cbv_rmse": ..., "cbf_rmse": ..., "tmax_gt6_dice": ...}}."""
+def learning_curves(history, path: str, title: str = "",
+                    floors: dict[str, dict[str, float]] | None = None,
+                    switches: Sequence[tuple[int, str]] = ()) -> str:
+  """The learning curves of a run (its validation.json), or of several ({name: history}):
+  validation RMSE of each map in its units and the Dice of Tmax > 6 s over steps, one panel each;
+  floors: optional horizontal lines {name: {"tmax_rmse": ..., "cbv_rmse": ..., "cbf_rmse": ...,
+  "tmax_gt6_dice": ...}}; switches: vertical lines (step, label), e.g. PKD's teacher switches."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  if not history:
-    raise ValueError("learning_curves: the history holds no validation")
-  steps = [h["step"] for h in history]
+  histories = history if isinstance(history, dict) else {"network": history}
+  if not histories or not all(histories.values()):
+    raise ValueError("learning_curves: a history holds no validation")
   panels = [(f"{k}/rmse_units", f"{k}_rmse", f"{TITLES[k]} RMSE ({MAP_UNITS[k]})")
             for k in TARGET_MAPS] + [("tmax_gt6/dice", "tmax_gt6_dice", "Tmax > 6 s Dice")]
   fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2),
                            constrained_layout=True)
   for ax, (key, floor_key, label) in zip(axes, panels):
-    ax.plot(steps, [h[key] for h in history], marker="o", label="network")
+    for i, (name, runs) in enumerate(histories.items()):
+      ax.plot([h["step"] for h in runs], [h[key] for h in runs], marker="o", markersize=3,
+              color=f"C{i}", label=name)
     for i, (name, values) in enumerate((floors or {}).items()):
       if floor_key in values:
-        ax.axhline(values[floor_key], color=f"C{i + 1}", linestyle="--", label=name)
+        ax.axhline(values[floor_key], color=f"C{len(histories) + i}", linestyle="--", label=name)
+    for step, text in switches:
+      ax.axvline(step, color="grey", linestyle=":", linewidth=1)
+      ax.annotate(text, (step, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                  fontsize="x-small", va="top", ha="right", color="grey")
     ax.set_xlabel("step")
     ax.set_title(label)
   axes[0].legend(fontsize="small")

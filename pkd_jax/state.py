@@ -8,6 +8,7 @@ adversarially (pkd_jax.gan): its state also holds the discriminator and its own 
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import flax
@@ -43,8 +44,28 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam(b1, b2) with the linearly decayed learning rate (the paper: 0.5, 0.99, 1e-3)."""
-  return optax.adam(make_schedule(config), b1=config.train.b1, b2=config.train.b2)
+  """Adam(b1, b2) with the linearly decayed learning rate (the paper: 0.5, 0.99, 1e-3).
+
+  The same settings give the same object: the jitted steps take the optimiser as a static
+  argument (hashed by identity), so runs of one process with equal settings (an experiment's
+  units) share their compiled steps instead of compiling each its own.
+  """
+  t = config.train
+  return _adam(float(t.learning_rate), float(t.b1), float(t.b2), max(int(t.steps), 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _adam(learning_rate: float, b1: float, b2: float, steps: int) -> optax.GradientTransformation:
+  return optax.adam(optax.linear_schedule(learning_rate, 0.0, steps), b1=b1, b2=b2)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init(model):
+  """model.init, jit-compiled once per model (runs of the same architecture in one process, as
+  the experiments train, share it)."""
+  if "train" in inspect.signature(model.__call__).parameters:
+    return jax.jit(functools.partial(model.init, train=False))
+  return jax.jit(model.init)
 
 
 def init_state(config, model, tx, seed: int) -> TrainState:
@@ -53,7 +74,7 @@ def init_state(config, model, tx, seed: int) -> TrainState:
   p = config.data.patch
   x = jnp.zeros((1, p.num_frames, p.height, p.width, 1), jnp.float32)
   rng = jax.random.key(seed, impl="rbg")
-  variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
+  variables = _jitted_init(model)(rng, x)
   params = variables["params"]
   fields = dict(step=jnp.zeros((), jnp.int32), params=params,
                 batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
@@ -61,7 +82,7 @@ def init_state(config, model, tx, seed: int) -> TrainState:
     return TrainState(**fields)
   critic = models.critic_from_config(config)
   x = jnp.zeros(critic_input_shape(config), jnp.float32)
-  critic_params = jax.jit(critic.init)(jax.random.fold_in(rng, 1), x)["params"]
+  critic_params = _jitted_init(critic)(jax.random.fold_in(rng, 1), x)["params"]
   return GANState(**fields, critic_params=critic_params, critic_opt_state=tx.init(critic_params))
 
 

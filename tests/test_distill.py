@@ -102,8 +102,11 @@ def test_strategy_registry_names_teachers_and_rejects_unknown_names():
   specs = pkd.teacher_specs(16)
   assert [t.name for t in pkd.active(specs, 2)] == ["x2"]  # one teacher at a time
   assert len(dgkd.active(specs, 2)) == 4 and dgkd.combine == "losses" and pkd.combine == "targets"
-  with pytest.raises(InputError, match="above its teachers'.*x8"):
-    pkd.teacher_specs(8)  # a 1/8 student cannot learn from a 1/8 teacher
+  assert [t.name for t in pkd.teacher_specs(8)] == ["x4", "x2", "x1"]  # the finer rungs only
+  with pytest.raises(InputError, match="above its teachers'.*x1"):
+    distill.get_strategy("kd").teacher_specs(1)  # a full-resolution student has no finer teacher
+  with pytest.raises(InputError, match="above its teachers'.*x1"):
+    pkd.teacher_specs(1)
   with pytest.raises(InputError, match="unknown strategy 'pdk'.*none, kd, takd, mtkd, dgkd, pkd"):
     distill.get_strategy("pdk")
 

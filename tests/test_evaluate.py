@@ -244,3 +244,12 @@ def test_learning_curves_draw_every_map_and_the_dice(tmp_path):
   with pytest.raises(ValueError, match="no validation"):
     report.learning_curves([], str(tmp_path / "empty.png"))
   assert not (tmp_path / "empty.png").exists()
+
+
+def test_holm_adjusts_one_family_and_leaves_tests_not_done_out():
+  adjusted = metrics.holm([0.01, 0.04, 0.03, float("nan"), 0.5])
+  # 4 tests: 0.01 x 4; 0.03 x 3; 0.04 x 2 = 0.08 raised to 0.09 (monotone); 0.5 x 1
+  np.testing.assert_allclose([adjusted[i] for i in (0, 1, 2, 4)], [0.04, 0.09, 0.09, 0.5])
+  assert np.isnan(adjusted[3])
+  assert metrics.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+  assert metrics.holm([]) == []

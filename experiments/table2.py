@@ -1,0 +1,568 @@
+"""The paper's Table 2, with statistics: every distillation strategy at 1/16, PKD at 1/8, the
+teachers, the competitors and the reference rows, on one held-out test set.
+
+    python experiments/table2.py --scale=mini [--runs=runs/table2_mini] [--only=PATTERN,...]
+
+Scales (:data:`SCALES`): "test" (seconds, for the test suite), "mini" (2 CPU cores; the steps
+are sized for the whole table in about two hours), "gpu" (the paper's sizes with fewer steps,
+for one H100-class GPU; not yet run) and "paper" (the paper's sizes and 80,000 iterations).
+
+What it trains (each a "unit" with a folder under RUNS; what is finished is never retrained, an
+interrupted unit resumes from its last checkpoint, and scores are cached in RUNS/scores):
+
+* ``teachers/x8, x4, x2, x1``: the V-Net on the ground truth at each factor; ``x1_seed1``,
+  ``x1_seed2``: MTKD's extra full-resolution teachers; ``ta_x4``: TAKD's assistant, distilled
+  from x1 (pkd_jax.job's conventions).
+* ``students/<strategy>_x16_seed<s>`` for none (w/o PKD), kd, takd, mtkd, dgkd, pkd and
+  ``students/<none|pkd>_x8_seed<s>``, with seeds 0 .. num_seeds - 1 (the initialisation, the
+  shuffling and the crops; the data and the teachers are the same for every seed).
+* ``competitors/<unitobrain|unet_gan>_x16_seed<s>``.
+
+Then it scores every unit and the reference rows (best classical pipeline, TTP, constant) with
+pkd_jax.evaluate / pkd_jax.baselines on the test split and writes, under --out:
+
+* ``table2_<scale>.md`` / ``.csv``: the table in the paper's layout, each cell the mean over seeds
+  of the per-seed mean over test cases, +/- the standard deviation over seeds (over test cases
+  for the single-seed rows: teachers and references); the p-value of PKD against each row;
+* ``table2_<scale>.json``: every number (per seed and per case), ``rows`` with ``method``,
+  ``factor``, ``kind``, ``metrics`` and ``p_vs_pkd``; ``num_seeds``, ``num_test_cases``, the
+  command, date, machine and wall times, and the reading;
+* ``table2_<scale>_maps.png`` (Figure 2 style: one test slice, every method, seed 0) and
+  ``table2_<scale>_curves.png`` (validation curves of the 1/16 students, seed 0, PKD's teacher
+  switches marked).
+
+Statistics: per map and metric, one-tailed paired t-tests over test cases of PKD against every
+other row at the same factor (H1: PKD's RMSE lower, its SSIM and PSNR higher), each on the
+per-case values averaged over seeds; the p-values of a map and metric form one family, adjusted
+by Holm-Bonferroni (``p_holm``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fnmatch
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=wrong-import-position
+from configs import student as student_config
+from configs import unet_gan as unet_gan_config
+from configs import unitobrain as unitobrain_config
+from experiments.common import train_timed
+from pkd_jax import baselines, checkpoints, distill, evaluate, fileio, job, metrics, models, report
+from pkd_jax import runtime, train
+from pkd_jax.data.case import TARGET_MAPS
+
+STUDENT_STRATEGIES = tuple(distill.STRATEGIES)  # none, kd, takd, mtkd, dgkd, pkd at 1/16
+STRATEGIES_AT_8 = ("none", "pkd")
+COMPETITORS = {"unitobrain": ("UniToBrain", unitobrain_config),
+               "unet_gan": ("UNET-GAN-Assisted", unet_gan_config)}
+METHOD_NAMES = {"none": "w/o PKD", "kd": "KD", "takd": "TAKD", "mtkd": "MTKD", "dgkd": "DGKD",
+                "pkd": "PKD"}
+HIGHER_IS_BETTER = {"rmse": False, "ssim": True, "psnr": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """The sizes of one scale of the experiment (on top of the configs' own scale)."""
+
+  config_scale: str  # the configs' scale (configs/base.py)
+  num_seeds: int
+  teacher_steps: int
+  student_steps: int
+  competitor_steps: int
+  eval_every: int
+  overrides: tuple[tuple[str, Any], ...] = ()  # config fields, "a.b" -> value, for every unit
+  vnet_overrides: tuple[tuple[str, Any], ...] = ()  # for the V-Nets (students and teachers)
+  classical_grid: tuple[tuple[str, Any], ...] = ()  # the classical search grid (default: full)
+
+
+SCALES = {
+    # Seconds: tiny networks, 2 steps each; 3 test cases so that the t-tests have values.
+    "test": Scale("test", 2, 2, 2, 2, 2, overrides=(("data.num_cases.test", 3),),
+                  classical_grid=(("spatial_sigmas_mm", (0.0, 10.0)), ("temporal_sigmas_s", (0.0,)),
+                                  ("svd_variants", (("osvd", 0.095),)))),
+    # 2 CPU cores, about two hours for the whole table: 7 teachers of 1,500 steps, 24 students
+    # of 600 steps, 6 competitors of 1,500 (at ~0.2 s per teacher step and ~0.3 s per student
+    # step on the demo's 32 x 32 x 32 patches, F = 4); 16 test cases. MSE 100 as the demo, whose
+    # teachers find lesions in 500 steps with it (README, ablations); PKD epochs of 8 steps with
+    # a cap of 15 epochs, as the demo.
+    "mini": Scale("mini", 3, 1500, 600, 1500, 300,
+                  vnet_overrides=(("loss.mse", 100.0), ("distill.epoch_steps", 8),
+                                  ("distill.max_epochs_per_stage", 15))),
+    # One H100-class GPU, the paper's sizes (128 x 128 x 32 patches, F = 16) with fewer steps:
+    # sized from the paper's per-step cost, not measured (no session has had a GPU yet).
+    "gpu": Scale("paper", 3, 3000, 2000, 3000, 500, overrides=(("data.num_cases.test", 16),),
+                 vnet_overrides=(("distill.epoch_steps", 50),
+                                 ("distill.max_epochs_per_stage", 15))),
+    "paper": Scale("paper", 3, 80_000, 80_000, 80_000, 1000,
+                   overrides=(("data.num_cases.test", 16),)),
+}
+
+
+@dataclasses.dataclass
+class Unit:
+  """One network of the table: where it lives, its config and how it trains."""
+
+  name: str  # "teachers/x8", "students/pkd_x16_seed0", "competitors/unet_gan_x16_seed1"
+  kind: str  # "teacher", "student", "competitor"
+  method: str  # the table's row name
+  factor: int
+  seed: int
+  config: Any
+  train: Callable[[], None]
+
+
+def _apply(config, overrides):
+  """config with fields ("a.b", value) set; a field that does not exist is a KeyError."""
+  with config.unlocked():
+    for dotted, value in overrides:
+      node = config
+      *path, leaf = dotted.split(".")
+      for key in path:
+        node = node[key]
+      if leaf not in node:
+        raise KeyError(f"table2: no config field {dotted!r}")
+      node[leaf] = value
+  return config
+
+
+class Table2:
+  """The plan (units), training, scoring and the report, for one scale and runs folder."""
+
+  def __init__(self, scale: str, runs: str, out: str):
+    if scale not in SCALES:
+      raise ValueError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+    self.scale_name, self.scale, self.runs, self.out = scale, SCALES[scale], runs, out
+    self.teachers_dir = os.path.join(runs, "teachers")
+    self.units = self._plan()
+
+  # ------------------------------------------------------------------ the plan
+
+  def student_config(self, strategy: str, factor: int, seed: int):
+    s = self.scale
+    config = student_config.get_config(f"{strategy},{s.config_scale}")
+    _apply(config, s.overrides + s.vnet_overrides + (
+        ("train.steps", s.student_steps), ("train.eval_every", s.eval_every),
+        ("distill.teacher_steps", s.teacher_steps)))
+    with config.unlocked():
+      config.seed = seed
+      config.train.factor = factor
+      config.distill.teachers_dir = self.teachers_dir
+    return config
+
+  def _plan(self) -> list[Unit]:
+    units, seeds = [], range(self.scale.num_seeds)
+    # The teachers, trained (as the student job would) into RUNS/teachers by the first job that
+    # needs each: the ladder, MTKD's seeds and TAKD's assistant.
+    seen = set()
+    for strategy in ("pkd", "mtkd", "takd"):
+      owner = job.Job(self.student_config(strategy, 16, 0), self.runs)
+      for spec in owner.all_teachers():
+        if spec.name in seen:
+          continue
+        seen.add(spec.name)
+        cfg = job.teacher_config(owner.config, spec)
+        kind_name = "TA" if spec.assistant else "teacher"
+        units.append(Unit(f"teachers/{spec.name}", "teacher",
+                          f"{kind_name} {spec.name}", spec.factor, 0, cfg,
+                          _teacher_trainer(owner, spec)))
+    for factor, strategies in ((16, STUDENT_STRATEGIES), (8, STRATEGIES_AT_8)):
+      for strategy in strategies:
+        for seed in seeds:
+          cfg = self.student_config(strategy, factor, seed)
+          name = f"students/{strategy}_x{factor}_seed{seed}"
+          units.append(Unit(name, "student", METHOD_NAMES[strategy], factor, seed, cfg,
+                            _student_trainer(cfg, os.path.join(self.runs, name))))
+    for key, (label, module) in COMPETITORS.items():
+      for seed in seeds:
+        cfg = module.get_config(f"16,{self.scale.config_scale}")
+        _apply(cfg, self.scale.overrides + (("train.steps", self.scale.competitor_steps),
+                                            ("train.eval_every", self.scale.eval_every)))
+        with cfg.unlocked():
+          cfg.seed = seed
+        name = f"competitors/{key}_x16_seed{seed}"
+        units.append(Unit(name, "competitor", label, 16, seed, cfg,
+                          _plain_trainer(cfg, os.path.join(self.runs, name))))
+    return units
+
+  def folder(self, unit: Unit) -> str:
+    return os.path.join(self.runs, unit.name)
+
+  def select(self, only: list[str] | None) -> list[Unit]:
+    """The units whose name matches one of the patterns (fnmatch; a group name selects it all)."""
+    if not only:
+      return list(self.units)
+    chosen = [u for u in self.units
+              if any(fnmatch.fnmatch(u.name, p) or u.name.startswith(p.rstrip("/") + "/")
+                     for p in only)]
+    if not chosen:
+      raise ValueError(f"--only {only} matches no unit; units are e.g. "
+                       f"{', '.join(u.name for u in self.units[:3])}, ...")
+    return chosen
+
+  # ------------------------------------------------------------------ training and scoring
+
+  def finished(self, unit: Unit) -> bool:
+    return checkpoints.is_finished(self.folder(unit), unit.config)
+
+  def train(self, units: list[Unit]) -> None:
+    for i, unit in enumerate(units, 1):
+      cfg = unit.config
+      state = "trained" if self.finished(unit) else f"training, {cfg.train.steps} steps"
+      if unit.kind == "student" and state != "trained":
+        missing = [u.name for u in self.units if u.kind == "teacher" and not self.finished(u)]
+        if missing:
+          raise ValueError(f"{unit.name} needs the teachers, not all trained yet: "
+                           f"{', '.join(missing)}; train them first (--only=teachers)")
+      print(f"[{i}/{len(units)}] {unit.name} ({unit.method}, 1/{unit.factor}): {state}",
+            flush=True)
+      if state != "trained":
+        unit.train()
+
+  def score_path(self, unit: Unit) -> str:
+    return os.path.join(self.runs, "scores", unit.name.replace("/", "__") + ".json")
+
+  def score(self, units: list[Unit], records) -> dict[str, dict]:
+    """Per-case metrics of every unit (cached in RUNS/scores; a unit trained again is rescored)."""
+    scores = {}
+    for unit in units:
+      path = self.score_path(unit)
+      folder = self.folder(unit)
+      if not self.finished(unit):
+        continue
+      stamp = os.path.getmtime(os.path.join(folder, "checkpoints"))
+      if os.path.exists(path):
+        with open(path) as f:
+          cached = json.load(f)
+        if cached.get("stamp") == stamp:
+          scores[unit.name] = cached
+          continue
+      print(f"scoring {unit.name}", flush=True)
+      result = evaluate.evaluate_variables(
+          unit.config, models.from_config(unit.config),
+          checkpoints.load_variables(folder, unit.config, "best"), unit.factor, records=records)
+      scores[unit.name] = dict(
+          stamp=stamp, per_case=_lists(result["per_case"]), tmax_gt6_dice=result["tmax_gt6_dice"],
+          example={k: np.asarray(v).tolist() for k, v in result["example"]["prediction"].items()})
+      fileio.write_json(path, scores[unit.name])
+    return scores
+
+  def references(self, records) -> list[dict]:
+    path = os.path.join(self.runs, "scores", "references.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    print("scoring the reference rows (classical pipeline tuned on validation, floors)",
+          flush=True)
+    rows = baselines.reference_rows(self.base_config(), (1, 8, 16), records=records,
+                                    **dict(self.scale.classical_grid))
+    out = [dict(method=r["method"], factor=r["factor"], key=r["key"],
+                per_case=_lists(r["per_case"]), tmax_gt6_dice=r["tmax_gt6_dice"]) for r in rows]
+    fileio.write_json(path, out)
+    return out
+
+  def base_config(self):
+    return self.student_config("pkd", 16, 0)
+
+
+def _teacher_trainer(owner: job.Job, spec) -> Callable[[], None]:
+  def run():
+    cfg, folder = job.teacher_config(owner.config, spec), owner.teacher_dir(spec)
+    os.makedirs(folder, exist_ok=True)
+    if spec.assistant:
+      full = distill.TeacherSpec(1)
+      teaching = distill.Teaching("kd", [full], owner.load_teachers([full]), cfg.seed)
+      train.train_and_evaluate(cfg, folder, teaching)
+    else:
+      train_timed(cfg, folder)
+  return run
+
+
+def _student_trainer(cfg, folder: str) -> Callable[[], None]:
+  def run():
+    student_job = job.Job(cfg, folder)
+    student_job.check()
+    os.makedirs(folder, exist_ok=True)
+    train.train_and_evaluate(cfg, folder, student_job.make_teaching())
+  return run
+
+
+def _plain_trainer(cfg, folder: str) -> Callable[[], None]:
+  def run():
+    os.makedirs(folder, exist_ok=True)
+    train_timed(cfg, folder)
+  return run
+
+
+def _lists(tree):
+  return {k: _lists(v) if isinstance(v, dict) else [float(x) for x in np.ravel(v)]
+          for k, v in tree.items()}
+
+
+# ---------------------------------------------------------------------- aggregation
+
+
+def aggregate(units: list[Unit], scores: dict[str, dict], references: list[dict]) -> list[dict]:
+  """Table rows: one per (method, factor), seeds pooled (see the module docstring)."""
+  groups: dict[tuple[str, int, str], list[Unit]] = {}
+  for unit in units:
+    if unit.name in scores:
+      groups.setdefault((unit.method, unit.factor, unit.kind), []).append(unit)
+  rows = []
+  for (method, factor, kind), members in groups.items():
+    per_seed = [scores[u.name]["per_case"] for u in members]
+    row = dict(method=method, factor=factor, kind=kind, seeds=[u.seed for u in members],
+               units=[u.name for u in members], metrics={})
+    for k in TARGET_MAPS:
+      row["metrics"][k] = {}
+      for m in metrics.METRICS:
+        values = np.array([s[k][m] for s in per_seed])  # (seeds, cases)
+        seed_means = values.mean(axis=1)
+        spread = (seed_means.std(ddof=1) if len(members) > 1 else values[0].std(ddof=1)
+                  if values.shape[1] > 1 else 0.0)
+        row["metrics"][k][m] = dict(mean=float(seed_means.mean()), std=float(spread),
+                                    spread_over="seeds" if len(members) > 1 else "cases",
+                                    per_seed=[float(x) for x in seed_means],
+                                    per_case=[float(x) for x in values.mean(axis=0)])
+    row["tmax_gt6_dice"] = float(np.mean([scores[u.name]["tmax_gt6_dice"] for u in members]))
+    rows.append(row)
+  for r in references:
+    row = dict(method=r["method"], factor=r["factor"], kind="reference", seeds=[], units=[],
+               metrics={}, tmax_gt6_dice=r["tmax_gt6_dice"])
+    for k in TARGET_MAPS:
+      row["metrics"][k] = {}
+      for m in metrics.METRICS:
+        values = np.array(r["per_case"][k][m])
+        row["metrics"][k][m] = dict(mean=float(values.mean()),
+                                    std=float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                                    spread_over="cases", per_seed=[],
+                                    per_case=[float(x) for x in values])
+    rows.append(row)
+  order = {"student": 0, "teacher": 1, "competitor": 2, "reference": 3}
+  strategy_order = {name: i for i, name in enumerate(METHOD_NAMES.values())}
+  rows.sort(key=lambda r: (-r["factor"], order[r["kind"]], strategy_order.get(r["method"], 99),
+                           r["method"]))
+  add_p_values(rows)
+  return rows
+
+
+def add_p_values(rows: list[dict]) -> None:
+  """p_vs_pkd[map][metric] = {p, p_holm} for every row at a factor where PKD has a row."""
+  pkd = {r["factor"]: r for r in rows if r["method"] == METHOD_NAMES["pkd"]}
+  for k in TARGET_MAPS:
+    for m in metrics.METRICS:
+      family = []
+      for r in rows:
+        ref = pkd.get(r["factor"])
+        if ref is None or ref is r:
+          continue
+        a, b = ref["metrics"][k][m]["per_case"], r["metrics"][k][m]["per_case"]
+        p = metrics.paired_t_test(a, b, "greater" if HIGHER_IS_BETTER[m] else "less")
+        family.append((r, p))
+      adjusted = metrics.holm([p for _, p in family])
+      for (r, p), p_holm in zip(family, adjusted):
+        r.setdefault("p_vs_pkd", {}).setdefault(k, {})[m] = dict(p=p, p_holm=p_holm)
+
+
+def markdown_table(rows: list[dict], num_cases: int, num_seeds: int) -> str:
+  titles = {"tmax": "Tmax", "cbv": "CBV", "cbf": "CBF"}
+  header = (["method", "factor", "seeds"]
+            + [f"{titles[k]} {m.upper()}" for k in TARGET_MAPS for m in metrics.METRICS]
+            + [f"p {titles[k]} RMSE (Holm)" for k in TARGET_MAPS])
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  best = {}
+  for r in rows:
+    for k in TARGET_MAPS:
+      for m in metrics.METRICS:
+        v = r["metrics"][k][m]["mean"]
+        key = (r["factor"], k, m)
+        best[key] = (max if HIGHER_IS_BETTER[m] else min)(best.get(key, v), v)
+  for r in rows:
+    cells = [r["method"], "full" if r["factor"] == 1 else f"1/{r['factor']}",
+             str(len(r["seeds"])) if r["seeds"] else "—"]
+    for k in TARGET_MAPS:
+      for m in metrics.METRICS:
+        cell = r["metrics"][k][m]
+        text = f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+        cells.append(f"**{text}**" if cell["mean"] == best[(r["factor"], k, m)] else text)
+    for k in TARGET_MAPS:
+      p = r.get("p_vs_pkd", {}).get(k, {}).get("rmse")
+      cells.append("—" if p is None or np.isnan(p["p"]) else f"{p['p']:.3g} ({p['p_holm']:.3g})")
+    lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append(f"Students and competitors: mean over {num_seeds} seeds of each seed's mean over "
+               f"{num_cases} test cases, ± the standard deviation over seeds; teachers and "
+               "references (one run): mean ± standard deviation over test cases. RMSE in the "
+               "maps' units; SSIM and PSNR as the paper. Best per factor in bold. p: one-tailed "
+               "paired t-test over test cases (per-case values averaged over seeds) of PKD "
+               "against the row at the same factor, H1: PKD's RMSE is lower; in brackets Holm-"
+               "Bonferroni adjusted over the rows compared for that map and metric (the JSON "
+               "has SSIM and PSNR too).")
+  return "\n".join(lines) + "\n"
+
+
+def _find(rows, method, factor):
+  return next((r for r in rows if r["method"] == method and r["factor"] == factor), None)
+
+
+def reading(rows: list[dict]) -> str:
+  """A plain-language reading of the table against the paper's three claims, from its numbers."""
+  out = []
+  pkd, none = _find(rows, "PKD", 16), _find(rows, "w/o PKD", 16)
+  full = _find(rows, "teacher x1", 1)
+  if pkd is None:
+    return "PKD at 1/16 has not been trained yet: no reading."
+
+  def rmse(r, k):
+    return r["metrics"][k]["rmse"]["mean"]
+
+  def p(r, k, metric="rmse"):
+    return r.get("p_vs_pkd", {}).get(k, {}).get(metric, {}).get("p_holm", float("nan"))
+
+  if none is not None:
+    lower = [k for k in TARGET_MAPS if rmse(pkd, k) < rmse(none, k)]
+    significant = [k for k in lower if p(none, k) < 0.05]
+    out.append(
+        f"1. PKD below w/o PKD at 1/16 (the paper: Tmax / CBV / CBF RMSE 1.436 / 9.004 / 49.639 "
+        f"vs 1.516 / 9.536 / 52.536). Here PKD's RMSE is lower for {len(lower)} of 3 maps "
+        f"({', '.join(lower) or 'none'}): "
+        + ", ".join(f"{k} {rmse(pkd, k):.3f} vs {rmse(none, k):.3f} (Holm p {p(none, k):.2g})"
+                    for k in TARGET_MAPS)
+        + f"; significant at 0.05 after correction for {', '.join(significant) or 'none'}. "
+        + ("Shown." if len(significant) == 3 else "Not shown." if not significant else
+           f"Shown for {', '.join(significant)} only."))
+  kd_rows = [r for r in rows if r["factor"] == 16 and r["kind"] == "student"
+             and r["method"] not in ("PKD", "w/o PKD")]
+  if kd_rows:
+    wins = {k: all(rmse(pkd, k) <= rmse(r, k) for r in kd_rows) for k in TARGET_MAPS}
+    out.append(
+        "2. PKD best of the KD methods (KD, TAKD, MTKD, DGKD) at 1/16: lowest mean RMSE for "
+        + ", ".join(f"{k} {'yes' if wins[k] else 'no'}" for k in TARGET_MAPS)
+        + "; against each: "
+        + "; ".join(f"{r['method']} " + "/".join(f"{rmse(r, k):.3f}" for k in TARGET_MAPS)
+                    + f" (Holm p Tmax {p(r, 'tmax'):.2g})" for r in kd_rows)
+        + ". " + ("Shown in the means (see the p-values for whether it is more than noise)."
+                  if all(wins.values()) else "Not shown." if not any(wins.values()) else
+                  "Not shown for every map."))
+  if full is not None:
+    gaps = {k: (rmse(pkd, k) - rmse(full, k)) / rmse(full, k) for k in TARGET_MAPS}
+    out.append(
+        "3. 1/16 with PKD close to full resolution (the paper: 1.436 / 9.004 / 49.639 vs 1.201 / "
+        "8.892 / 48.163, i.e. +20% / +1% / +3%): here "
+        + ", ".join(f"{k} {rmse(pkd, k):.3f} vs {rmse(full, k):.3f} ({gaps[k]:+.0%})"
+                    for k in TARGET_MAPS) + ".")
+  out.append("A mean below another's with a p-value above 0.05 is not evidence; with few test "
+             "cases and seeds the tests have little power, and small networks trained for few "
+             "steps (the CPU scales) need not rank like the paper's.")
+  return "\n\n".join(out)
+
+
+def figures(table: Table2, units: list[Unit], scores: dict, records, stem: str) -> list[str]:
+  paths = []
+  config = table.base_config()
+  ranges = dict(config.data.map_ranges)
+  example = max(range(len(records[0])), key=lambda i: records[0][i]["brain_mask"].sum())
+  truth = {k: records[0][example][k] for k in TARGET_MAPS}
+  predictions = {}
+  for unit in units:
+    if unit.seed == 0 and unit.name in scores and (unit.kind != "teacher" or unit.factor == 1):
+      label = f"{unit.method}, 1/{unit.factor}" if unit.factor > 1 else f"{unit.method}, full"
+      predictions[label] = {k: np.asarray(v) for k, v in scores[unit.name]["example"].items()}
+  if predictions:
+    first = next((k for k in predictions if k.startswith("PKD, 1/16")), None)
+    if first:  # PKD first: the error row is PKD's
+      predictions = {first: predictions.pop(first), **predictions}
+    paths.append(report.comparison_figure(truth, predictions, ranges, stem + "_maps.png",
+                                          title="one test slice: every method (seed 0)"))
+  histories, switches = {}, []
+  for strategy in STUDENT_STRATEGIES:
+    folder = os.path.join(table.runs, f"students/{strategy}_x16_seed0")
+    path = os.path.join(folder, train.VALIDATION_HISTORY_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        histories[METHOD_NAMES[strategy]] = json.load(f)
+    schedule = os.path.join(folder, "schedule.json")
+    if strategy == "pkd" and os.path.exists(schedule):
+      with open(schedule) as f:
+        switches = [(e["step"], f"{e['teacher']} ({e['rule']})") for e in json.load(f)
+                    if e["step"] > 0]
+  if histories:
+    paths.append(report.learning_curves(histories, stem + "_curves.png", switches=switches,
+                                        title="1/16 students, seed 0: validation "
+                                              "(dotted: PKD's teacher switches)"))
+  return paths
+
+
+# ---------------------------------------------------------------------- the command
+
+_SCALE = flags.DEFINE_enum("scale", "mini", list(SCALES), "experiment scale")
+_RUNS = flags.DEFINE_string("runs", None, "run folders (default runs/table2_SCALE)")
+_OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"),
+                           "folder for table2_SCALE.{md,csv,json,_maps.png,_curves.png}")
+_ONLY = flags.DEFINE_list("only", [], "train only these units (names or fnmatch patterns, e.g. "
+                          "teachers, 'students/pkd_*'); the report covers all that is trained")
+_REPORT = flags.DEFINE_boolean("report", True, "score what is trained and write the table")
+
+
+def run(scale: str, runs: str, out: str, only: list[str] | None = None,
+        write_report: bool = True) -> dict | None:
+  """Trains what is selected and not yet trained, then (write_report) scores and reports."""
+  start = time.perf_counter()
+  table = Table2(scale, runs, out)
+  table.train(table.select(only))
+  train_s = time.perf_counter() - start
+  if not write_report:
+    return None
+  records = evaluate.split_records(table.base_config(), "test")
+  scores = table.score(table.units, records)
+  rows = aggregate(table.units, scores, table.references(records))
+  num_cases = len(records[1])
+  num_seeds = table.scale.num_seeds
+  stem = os.path.join(out, f"table2_{scale}")
+  os.makedirs(out, exist_ok=True)
+  markdown = markdown_table(rows, num_cases, num_seeds)
+  text = reading(rows)
+  fileio.write_text(stem + ".md", f"# Table 2 ({scale} scale)\n\n" + markdown + "\n" + text + "\n")
+  csv_lines = ["method,factor,kind,seeds," + ",".join(
+      f"{k}_{m}_{s}" for k in TARGET_MAPS for m in metrics.METRICS for s in ("mean", "std"))]
+  for r in rows:
+    csv_lines.append(",".join([r["method"], str(r["factor"]), r["kind"], str(len(r["seeds"]))]
+                              + [f"{r['metrics'][k][m][s]:.6g}" for k in TARGET_MAPS
+                                 for m in metrics.METRICS for s in ("mean", "std")]))
+  fileio.write_text(stem + ".csv", "\n".join(csv_lines) + "\n")
+  trained = sum(u.name in scores for u in table.units)
+  result = dict(
+      command=" ".join(["python"] + sys.argv), date=datetime.date.today().isoformat(),
+      machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+      scale=scale, scale_settings=dataclasses.asdict(table.scale), num_seeds=num_seeds,
+      num_test_cases=num_cases, units_trained=trained, units_planned=len(table.units),
+      wall_s=dict(this_call_train=round(train_s, 1),
+                  this_call_total=round(time.perf_counter() - start, 1)),
+      rows=rows, reading=text)
+  fileio.write_json(stem + ".json", result)
+  figures(table, table.units, scores, records, stem)
+  print(markdown)
+  print(text)
+  return result
+
+
+def main(argv):
+  del argv
+  runtime.enable_compilation_cache()
+  runs = _RUNS.value or os.path.join("runs", f"table2_{_SCALE.value}")
+  run(_SCALE.value, runs, _OUT.value, _ONLY.value, _REPORT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
