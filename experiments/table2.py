@@ -121,6 +121,7 @@ class Unit:
   seed: int
   config: Any
   train: Callable[[], None]
+  needs: tuple[str, ...] = ()  # units that must be trained first (a student's teachers)
 
 
 def _apply(config, overrides):
@@ -182,8 +183,10 @@ class Table2:
         for seed in seeds:
           cfg = self.student_config(strategy, factor, seed)
           name = f"students/{strategy}_x{factor}_seed{seed}"
+          needs = tuple(f"teachers/{t.name}" for t in distill.get_strategy(
+              strategy).teacher_specs(factor, cfg.distill.mtkd_seeds))
           units.append(Unit(name, "student", METHOD_NAMES[strategy], factor, seed, cfg,
-                            _student_trainer(cfg, os.path.join(self.runs, name))))
+                            _student_trainer(cfg, os.path.join(self.runs, name)), needs))
     for key, (label, module) in COMPETITORS.items():
       for seed in seeds:
         cfg = module.get_config(f"16,{self.scale.config_scale}")
@@ -220,8 +223,8 @@ class Table2:
     for i, unit in enumerate(units, 1):
       cfg = unit.config
       state = "trained" if self.finished(unit) else f"training, {cfg.train.steps} steps"
-      if unit.kind == "student" and state != "trained":
-        missing = [u.name for u in self.units if u.kind == "teacher" and not self.finished(u)]
+      if state != "trained":
+        missing = [u.name for u in self.units if u.name in unit.needs and not self.finished(u)]
         if missing:
           raise ValueError(f"{unit.name} needs the teachers, not all trained yet: "
                            f"{', '.join(missing)}; train them first (--only=teachers)")
