@@ -88,8 +88,9 @@ class Scale:
 
 
 SCALES = {
-    # Seconds: tiny networks, 2 steps each; 3 test cases so that the t-tests have values.
-    "test": Scale("test", 2, 2, 2, 2, 2, overrides=(("data.num_cases.test", 3),),
+    # Tiny networks, 2 steps each, one seed (compiling each kind of step dominates: minutes on 2
+    # CPU cores); 3 test cases so that the t-tests have values.
+    "test": Scale("test", 1, 2, 2, 2, 2, overrides=(("data.num_cases.test", 3),),
                   classical_grid=(("spatial_sigmas_mm", (0.0, 10.0)), ("temporal_sigmas_s", (0.0,)),
                                   ("svd_variants", (("osvd", 0.095),)))),
     # 2 CPU cores, about two hours for the whole table: 7 teachers of 1,500 steps, 24 students
