@@ -207,7 +207,7 @@ class Teaching(hooks.Hook):
   saved in checkpoints.
 
   Holds the teachers' (frozen) variables, the schedule and the running sum of this epoch's KD
-  losses. The loop asks it for the step's teachers (:meth:`teachers`), gives it each step's
+  losses. The loop asks it for the step's teachers (:meth:`teachers_arg`), gives it each step's
   metrics (the KD loss is kept on the device until the epoch ends) and ends epochs, when the
   strategy may move on to the next teacher; ``schedule.json`` in the run's folder and TensorBoard
   (``distill/*``) record when each teacher took over, and why.

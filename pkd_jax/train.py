@@ -57,7 +57,8 @@ class LossConfig:
     if distill_config is None:
       return cls(weights, ranges)
     return cls(weights, ranges, float(distill_config.lambda_kd),
-               float(distill_config.lambda_total), distill.get_strategy(distill_config.strategy).combine)
+               float(distill_config.lambda_total),
+               distill.get_strategy(distill_config.strategy).combine)
 
 
 def make_perceptual(config: ml_collections.ConfigDict):

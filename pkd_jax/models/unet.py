@@ -63,7 +63,8 @@ def encode(x: Array, train: bool, filters: int, dtype: Dtype = jnp.float32,
     x = DoubleConv(mult * filters, dtype, bn_momentum, name=f"enc{level}")(x, train)
     skips.append(x)
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-  return DoubleConv(BOTTLENECK_WIDTH * filters, dtype, bn_momentum, name="bottleneck")(x, train), skips
+  bottleneck = DoubleConv(BOTTLENECK_WIDTH * filters, dtype, bn_momentum, name="bottleneck")
+  return bottleneck(x, train), skips
 
 
 def decode(x: Array, skips: Sequence[Array], train: bool, filters: int,
