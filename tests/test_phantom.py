@@ -153,3 +153,12 @@ def test_show_into_missing_folder_is_a_clear_error(tmp_path):
   assert result.returncode == 2
   assert "nope" in result.stderr and "does not exist" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_write_of_no_cases_is_a_clear_error_and_creates_nothing(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "pkd_jax.tools.phantom", "--write",
+                           str(tmp_path / "out"), "--num-cases", "0", "--size", "32"],
+                          capture_output=True, text=True, check=False)
+  assert result.returncode == 2
+  assert "--num-cases" in result.stderr and "at least 1" in result.stderr
+  assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

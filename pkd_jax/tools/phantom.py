@@ -118,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if not (args.show or args.write):
     parser.error("nothing to do: give --show and/or --write DIR")
+  if args.write and args.num_cases < 1:
+    raise InputError("--num-cases", f"must be at least 1 to write cases, got {args.num_cases}")
   kwargs = dict(height=args.size, width=args.size, num_frames=args.frames, num_slices=args.slices)
   if args.mas is not None:
     if args.mas <= 0:
