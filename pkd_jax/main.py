@@ -8,6 +8,7 @@ be overridden, e.g. ``--config.train.steps=100``) and dispatches on ``config.rol
 user's input end with a one-line message and exit status 2.
 """
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -38,19 +39,34 @@ def run(config, workdir: str, mode: str = "train"):
   return ROLES[(config.role, mode)](config, workdir)
 
 
+def _innermost(error: BaseException) -> tuple[BaseException, str]:
+  """The exception that a chain of wrappers carries, and its message as plain text.
+
+  ml_collections wraps a KeyError (whose str() is the repr of its message) in an AttributeError:
+  str() of the outer one is escaped twice over. The message is args[0] of the innermost one.
+  """
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+  return error, text.strip()
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with config errors reported in one line (exit 2) instead of a traceback."""
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-    last = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
-    if isinstance(e, (AttributeError, KeyError)):  # an override of a field that does not exist
-      name = last.strip("\"'")
+    inner, text = _innermost(e)
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(inner).__name__]
+    if isinstance(inner, (AttributeError, KeyError)):  # an override of a field that does not exist
+      name = lines[0].strip("\"'")
       where = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and
                a.split("=")[0].split(".")[-1] == name] or ["--config"]
-      message = f"{where[0]}: no such config field {name!r}"
+      hint = "".join(f"; {line[0].lower()}{line[1:]}" for line in lines[1:])
+      message = f"{where[0]}: no such config field {name!r}{hint}"
     else:
       flag = next((a for a in argv[1:] if a.startswith("--config")), "--config")
+      last = re.sub(r"^\w+Error: ", "", lines[-1])  # the config file's own error, unprefixed
       message = last if last.startswith("flag --") else f"{flag}: {last}"
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
