@@ -564,6 +564,8 @@ def run(scale: str, runs: str, out: str, only: list[str] | None = None,
 def main(argv):
   del argv
   runtime.enable_compilation_cache()
+  verbosity = flags.FLAGS["verbosity"]  # absl's own flag: --verbosity=0 shows library INFO lines
+  runtime.set_library_logging(verbosity.value if verbosity.present else None)
   runs = _RUNS.value or os.path.join("runs", f"table2_{_SCALE.value}")
   run(_SCALE.value, runs, _OUT.value, _ONLY.value, _REPORT.value)
 

@@ -21,7 +21,6 @@ import os
 from typing import Any
 
 import ml_collections
-from absl import logging
 
 from pkd_jax import baselines, checkpoints, distill, evaluate, fileio, models, report, train
 from pkd_jax.distill import TeacherSpec
@@ -100,9 +99,8 @@ class Job:
     for spec in self.all_teachers():
       cfg, folder = teacher_config(self.config, spec), self.teacher_dir(spec)
       if checkpoints.is_finished(folder, cfg):  # reuse what is already trained
-        logging.info("teacher %s: trained, in %s", spec.name, folder)
+        print(f"teacher {spec.name}: trained already, in {folder}")
         continue
-      logging.info("teacher %s in %s", spec.name, folder)
       if spec.assistant:  # distilled from the full-resolution teacher
         full = TeacherSpec(1)
         teaching = distill.Teaching("kd", [full], self.load_teachers([full]), cfg.seed)

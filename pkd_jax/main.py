@@ -76,6 +76,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runtime.enable_compilation_cache()
+  verbosity = flags.FLAGS["verbosity"]  # absl's own flag: --verbosity=0 shows library INFO lines
+  runtime.set_library_logging(verbosity.value if verbosity.present else None)
   run(_CONFIG.value, _WORKDIR.value, _MODE.value)
 
 

@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace --output if it exists and is not empty")
+  parser.add_argument("--verbosity", type=int, default=None,
+                      help="library logging: -1 warnings and errors (default), 0 INFO, 1 DEBUG")
   return parser
 
 
@@ -382,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.batch_size < 1:
     raise InputError("--batch-size", f"must be positive, got {args.batch_size}")
   runtime.enable_compilation_cache()
+  runtime.set_library_logging(args.verbosity)
   geometry = Geometry(args.height, args.width, args.frames)  # time grid: the run's model.json
   folder, maps = predict_to_folder(args.workdir, args.input, args.output, args.temporal_factor,
                                    geometry, args.checkpoint, args.batch_size, args.overwrite)

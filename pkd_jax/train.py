@@ -297,7 +297,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   manager = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)
   if manager.latest_step() is not None:
     state = checkpoints.restore_latest(manager, state, iterator, hook)
-    logging.info("resumed from step %d in %s", int(state.step), workdir)
   writer = SummaryWriter(os.path.join(workdir, "tb"))
   start_step, total = int(state.step), int(config.train.steps)
   factors, factor = config.data.factors, config.train.factor
@@ -305,6 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   last_good, val, pending = manager.latest_step(), {}, []
   name = f"1/{factor}" if factor > 1 else "full"
   describe = lambda: " ".join(filter(None, (f"{config.role} {name}", hook.describe())))
+  resume = f", resuming at step {start_step}" if start_step else ""
+  tqdm.write(f"{describe()}: {config.model.name} to {total} steps{resume}; results in {workdir}")
   bar = tqdm(range(start_step, total), initial=start_step, total=total, unit="step",
              desc=describe(), dynamic_ncols=True)
   log = hooks.RunLog(workdir, writer, bar)
