@@ -28,9 +28,15 @@ MODEL_SPEC_FILE = "model.json"  # what a workdir's checkpoints are checkpoints o
 
 
 def model_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What a checkpoint holds: architecture and input; a workdir must not mix two of them."""
+  """What a checkpoint holds: architecture and input; a workdir must not mix two of them.
+
+  ``grid``: the preprocessing geometry the model was trained at (config.data.height, width,
+  num_frames; with frame_interval_s the time grid), so that pkd_jax.predict needs no flags for it.
+  """
   return dict(model=config.model.name, filters=config.model.filters,
               num_frames=config.data.patch.num_frames, factor=config.train.factor,
+              grid=dict(height=int(config.data.height), width=int(config.data.width),
+                        num_frames=int(config.data.num_frames)),
               frame_interval_s=float(config.data.frame_interval_s),
               input_norm=config.data.input_norm, scale_outputs=bool(config.model.scale_outputs),
               map_ranges={k: float(config.data.map_ranges[k]) for k in TARGET_MAPS})
@@ -42,6 +48,12 @@ def check_workdir_spec(workdir: str, spec: dict[str, Any]) -> None:
   if os.path.exists(path):
     with open(path) as f:
       found = json.load(f)
+    if "grid" not in found and found == {k: v for k, v in spec.items() if k != "grid"}:
+      try:  # written before runs recorded their grid: the same model, the file gains the grid
+        fileio.write_json(path, spec)
+      except OSError:
+        pass
+      return
     if found != spec:
       diff = {k: (found.get(k), spec.get(k)) for k in set(found) | set(spec) if found.get(k) != spec.get(k)}
       raise InputError(path, "the workdir holds checkpoints of another model (found, configured): "

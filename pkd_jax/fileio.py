@@ -13,6 +13,12 @@ from typing import Iterator
 from pkd_jax.errors import InputError
 
 
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def replace_folder(final: os.PathLike | str, what: str) -> Iterator[pathlib.Path]:
   """Yields a new temporary folder beside `final` (whose parent must exist) to write into.
@@ -26,6 +32,7 @@ def replace_folder(final: os.PathLike | str, what: str) -> Iterator[pathlib.Path
   tmp = old = None
   try:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename: a plain mkdir's mode
     yield tmp
     if final.exists():
       old = tmp.with_name(tmp.name + ".old")

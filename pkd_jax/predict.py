@@ -3,16 +3,21 @@
 Command line::
 
     python -m pkd_jax.predict --workdir=RUN --input=scan.nii.gz --output=DIR \
-        [--temporal-factor=N] [--height=256 --width=256 --frames=40] [--checkpoint=best|latest]
+        [--temporal-factor=N] [--checkpoint=best|latest] [--force]
 
 RUN is a trained run folder as :func:`pkd_jax.train.train_and_evaluate` leaves it (``model.json``
 and ``checkpoints/``): a teacher (``WORKDIR/teachers/<name>``) or a student
 (``WORKDIR/student_<strategy>``). The model is rebuilt from ``model.json`` (architecture, filters,
-frames, factor, time grid, input transform); the convolution implementations, which do not change
-the parameters, are the fast ones of the backend. The in-plane and frame geometry (--height,
---width, --frames: the ``config.data.height/width/num_frames`` the model was trained at; the
-paper's 256 x 256 x 40 by default) is not stored in the run and must be given when it differs;
-the time grid (seconds per frame) is the run's.
+frames, factor, the preprocessing grid it was trained at, time grid, input transform); the
+convolution implementations, which do not change the parameters, are the fast ones of the
+backend. No geometry flag: the grid (``config.data.height/width/num_frames``) and the seconds per
+frame are the run's.
+
+A scan unlike what the run was trained on is refused in one line (:func:`check_scan`; --force
+predicts anyway): no contrast enhancement (:func:`pkd_jax.data.preprocess.peak_enhancement_hu`
+below :data:`MIN_ENHANCEMENT_HU`), an in-plane size more than :data:`MAX_INPLANE_RATIO` times
+larger or smaller than the run's grid, an acquisition shorter than half the run's time window, or
+frames more than :data:`MAX_SPACING_RATIO` times further apart than the frames the model sees.
 
 The scan (a 4D NIfTI file, or a case folder as :func:`pkd_jax.data.nifti.read_scan` reads it) goes
 through exactly the training preprocessing: in-plane and temporal resampling to the geometry
@@ -24,7 +29,7 @@ windows covering the series). Every slice is predicted, in batches, and the maps
 
 DIR receives ``tmax.nii.gz``, ``cbv.nii.gz``, ``cbf.nii.gz`` (float32, ``data[x, y, z] = map[z, x,
 y]``, on the scan's affine; units of :data:`pkd_jax.data.case.MAP_UNITS`, as the network predicts
-them, unclipped) and ``overview.png`` (a row per map over a few slices). Everything is written into
+them, unclipped, 0 outside the head: :func:`pkd_jax.data.preprocess.head_mask`) and ``overview.png`` (a row per map over a few slices). Everything is written into
 a temporary folder next to DIR and renamed into place, so a failure leaves nothing partial; an
 existing non-empty DIR is replaced only with --overwrite. Bad input (a missing or 3D scan, too few
 frames for the factor, a run without model.json or checkpoint, an unwritable output) ends with
@@ -50,8 +55,13 @@ from pkd_jax.errors import InputError, exit_on_input_error
 
 MAP_FILES = {key: f"{key}.nii.gz" for key in TARGET_MAPS}
 OVERVIEW_FILE = "overview.png"
-SPEC_KEYS = ("model", "filters", "num_frames", "factor", "frame_interval_s", "input_norm",
+SPEC_KEYS = ("model", "filters", "num_frames", "factor", "grid", "frame_interval_s", "input_norm",
              "scale_outputs", "map_ranges")
+GRID_KEYS = ("height", "width", "num_frames")
+MIN_ENHANCEMENT_HU = 50.0  # below: no bolus (see preprocess.peak_enhancement_hu)
+MAX_INPLANE_RATIO = 4.0  # a scan's rows or columns over the run's grid's (or under)
+MAX_SPACING_RATIO = 3.0  # a scan's median frame spacing over the run's seconds per frame x factor
+MIN_DURATION_FRACTION = 0.5  # of the run's time window, (num_frames - 1) x seconds per frame
 MAX_OVERVIEW_SLICES = 4
 
 
@@ -94,7 +104,15 @@ def read_spec(workdir: os.PathLike | str) -> dict[str, Any]:
   except (OSError, ValueError) as e:
     raise InputError(path, f"cannot read the model spec: {e}") from e
   if not isinstance(spec, dict) or any(k not in spec for k in SPEC_KEYS):
-    raise InputError(path, f"not a model spec: expected the keys {', '.join(SPEC_KEYS)}")
+    missing = [k for k in SPEC_KEYS if not isinstance(spec, dict) or k not in spec]
+    hint = (" (written before runs recorded their training grid: add \"grid\": {\"height\": H, "
+            "\"width\": W, \"num_frames\": T} with the run's config.data values)"
+            if missing == ["grid"] else "")
+    raise InputError(path, f"not a model spec: expected the keys {', '.join(SPEC_KEYS)}{hint}")
+  grid = spec["grid"]
+  if (not isinstance(grid, dict) or any(not isinstance(grid.get(k), int) or grid[k] < 1
+                                        for k in GRID_KEYS)):
+    raise InputError(path, f"bad grid {grid!r}: expected positive integers {', '.join(GRID_KEYS)}")
   checkpoints = workdir / "checkpoints"
   steps = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.isdigit()] \
       if checkpoints.is_dir() else []
@@ -104,20 +122,18 @@ def read_spec(workdir: os.PathLike | str) -> dict[str, Any]:
   return spec
 
 
-def _check_geometry(spec: dict[str, Any], geometry: Geometry) -> None:
-  for flag, value in (("--height", geometry.height), ("--width", geometry.width)):
-    if value <= 0 or value % 16:
-      raise InputError(flag, f"{value} does not divide by 16 (the V-Net halves it four times)")
-  if geometry.num_frames < int(spec["num_frames"]):
-    raise InputError("--frames", f"{geometry.num_frames} preprocessed frames are fewer than the "
-                     f"model's input of {spec['num_frames']} frames")
-  temporal.check_factor(int(spec["factor"]), geometry.num_frames, "--frames")
+def run_geometry(spec: dict[str, Any]) -> Geometry:
+  """The preprocessing geometry and time grid a run was trained at (its model.json)."""
+  grid = spec["grid"]
+  return Geometry(int(grid["height"]), int(grid["width"]), int(grid["num_frames"]),
+                  float(spec["frame_interval_s"]))
 
 
-def run_config(spec: dict[str, Any], geometry: Geometry = Geometry()):
-  """The config of a run rebuilt from its model.json and the preprocessing geometry."""
+def run_config(spec: dict[str, Any]):
+  """The config of a run rebuilt from its model.json."""
   from configs import base  # pylint: disable=import-outside-toplevel
 
+  geometry = run_geometry(spec)
   config = base.get_config()
   config.model.name = spec["model"]
   config.model.filters = int(spec["filters"])
@@ -135,17 +151,14 @@ def run_config(spec: dict[str, Any], geometry: Geometry = Geometry()):
   return config
 
 
-def load_run(workdir: os.PathLike | str, geometry: Geometry = Geometry(),
-             which: str = "best") -> Run:
+def load_run(workdir: os.PathLike | str, which: str = "best") -> Run:
   """Loads a trained run folder's model: the "best" (validation loss) or "latest" checkpoint."""
   from pkd_jax import checkpoints, models  # pylint: disable=import-outside-toplevel
 
   if which not in ("best", "latest"):
     raise InputError("checkpoint", f"must be 'best' or 'latest', got {which!r}")
   spec = read_spec(workdir)
-  geometry = dataclasses.replace(geometry, frame_interval_s=float(spec["frame_interval_s"]))
-  _check_geometry(spec, geometry)
-  config = run_config(spec, geometry)
+  config = run_config(spec)
   model = models.from_config(config)
   try:
     variables = checkpoints.load_variables(str(workdir), config, which)
@@ -155,7 +168,7 @@ def load_run(workdir: os.PathLike | str, geometry: Geometry = Geometry(),
     message = " ".join(str(e).split())[:300] or type(e).__name__
     raise InputError(pathlib.Path(workdir) / "checkpoints",
                      f"cannot restore the checkpoint: {message}") from e
-  return Run(pathlib.Path(workdir), spec, geometry, config, model, variables)
+  return Run(pathlib.Path(workdir), spec, run_geometry(spec), config, model, variables)
 
 
 def resolve_factor(spec: dict[str, Any], factor: int | None) -> int:
@@ -173,10 +186,33 @@ def resolve_factor(spec: dict[str, Any], factor: int | None) -> int:
 # Prediction.
 
 
-def check_scan(case: Case, factor: int) -> None:
-  """The raw scan keeps at least two frames at the factor; else InputError naming the file."""
+def check_scan(case: Case, spec: dict[str, Any], factor: int, force: bool = False) -> None:
+  """The raw scan keeps at least two frames at the factor and, unless force, looks like what the
+  run was trained on (see the module docstring); else InputError naming the file."""
   where = case.params.get("files", {}).get("scan", case.source or case.case_id)
   temporal.check_factor(factor, case.num_frames, where)
+  if force:
+    return
+  geometry, advice = run_geometry(spec), " (--force predicts anyway)"
+  _, _, height, width = case.scan_hu.shape
+  for what, size, trained in (("rows", height, geometry.height), ("columns", width, geometry.width)):
+    if max(size / trained, trained / size) > MAX_INPLANE_RATIO:
+      raise InputError(where, f"{size} {what} is far from the {trained} the model was trained at "
+                       f"(more than {MAX_INPLANE_RATIO:g} times){advice}")
+  times = np.asarray(case.frame_times_s, np.float64)
+  window = (geometry.num_frames - 1) * geometry.frame_interval_s
+  if times[-1] - times[0] < MIN_DURATION_FRACTION * window:
+    raise InputError(where, f"the scan covers {times[-1] - times[0]:.3g} s; the model was trained "
+                     f"on {window:.3g} s ({geometry.num_frames} frames of "
+                     f"{geometry.frame_interval_s:g} s){advice}")
+  spacing, seen = float(np.median(np.diff(times))), geometry.frame_interval_s * factor
+  if spacing > MAX_SPACING_RATIO * seen:
+    raise InputError(where, f"frames {spacing:.3g} s apart; the model saw frames {seen:g} s apart "
+                     f"(more than {MAX_SPACING_RATIO:g} times){advice}")
+  enhancement = preprocess.peak_enhancement_hu(case.scan_hu)
+  if enhancement < MIN_ENHANCEMENT_HU:
+    raise InputError(where, f"no contrast enhancement: the brightest voxels rise {enhancement:.3g} "
+                     f"HU above their first frames (a bolus gives hundreds){advice}")
 
 
 def predict_case(run: Run, case: Case, factor: int | None = None,
@@ -185,7 +221,7 @@ def predict_case(run: Run, case: Case, factor: int | None = None,
   from pkd_jax import inference  # pylint: disable=import-outside-toplevel
 
   factor = resolve_factor(run.spec, factor)
-  check_scan(case, factor)
+  temporal.check_factor(factor, case.num_frames, case.source or case.case_id)
   _, _, height, width = case.scan_hu.shape
   prepared = preprocess.preprocess_case(case, run.geometry)
   scan = preprocess.normalise_hu(prepared.scan_hu)  # (S, T, h, w)
@@ -193,13 +229,14 @@ def predict_case(run: Run, case: Case, factor: int | None = None,
   inputs = np.stack([inference.slice_input(s, factor, run.config.data.input_norm) for s in scan])
   maps = inference.predict(run.model, run.variables, inputs, num_frames,
                            run.config.data.window_stride, batch_size)
+  head = preprocess.head_mask(case.scan_hu)  # maps are 0 in the air around the head
   return {k: preprocess.resample_inplane(np.asarray(maps[k], np.float32), height, width, order=1)
-          for k in TARGET_MAPS}
+          * head for k in TARGET_MAPS}
 
 
 def predict_scan(workdir: os.PathLike | str, input_path: os.PathLike | str,
-                 factor: int | None = None, geometry: Geometry = Geometry(),
-                 which: str = "best", batch_size: int = 4) -> dict[str, np.ndarray]:
+                 factor: int | None = None, which: str = "best", batch_size: int = 4,
+                 force: bool = False) -> dict[str, np.ndarray]:
   """Reads a scan and predicts its maps with a run folder's model (see the module docstring).
 
   Returns:
@@ -208,8 +245,8 @@ def predict_scan(workdir: os.PathLike | str, input_path: os.PathLike | str,
   spec = read_spec(workdir)
   factor = resolve_factor(spec, factor)
   case = nifti.read_scan(input_path)
-  check_scan(case, factor)
-  return predict_case(load_run(workdir, geometry, which), case, factor, batch_size)
+  check_scan(case, spec, factor, force)
+  return predict_case(load_run(workdir, which), case, factor, batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,16 +362,15 @@ def write_outputs(maps: dict[str, np.ndarray], affine: np.ndarray | None,
 
 def predict_to_folder(workdir: os.PathLike | str, input_path: os.PathLike | str,
                       output: os.PathLike | str, factor: int | None = None,
-                      geometry: Geometry = Geometry(), which: str = "best", batch_size: int = 4,
-                      overwrite: bool = False) -> tuple[pathlib.Path, dict[str, np.ndarray]]:
+                      which: str = "best", batch_size: int = 4, overwrite: bool = False,
+                      force: bool = False) -> tuple[pathlib.Path, dict[str, np.ndarray]]:
   """The command line's work: checks everything cheap first, predicts, writes; (folder, maps)."""
   spec = read_spec(workdir)
   factor = resolve_factor(spec, factor)
-  _check_geometry(spec, geometry)
   check_output(output, overwrite)
   case = nifti.read_scan(input_path)
-  check_scan(case, factor)
-  maps = predict_case(load_run(workdir, geometry, which), case, factor, batch_size)
+  check_scan(case, spec, factor, force)
+  maps = predict_case(load_run(workdir, which), case, factor, batch_size)
   title = f"{case.case_id}: {spec['model']} at 1/{factor}" if factor > 1 else \
       f"{case.case_id}: {spec['model']} at full temporal resolution"
   folder = write_outputs(maps, case.affine, output, overwrite, case.spacing_mm, title)
@@ -359,20 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--temporal-factor", type=int, default=None, metavar="N",
                       help="temporal factor of the prediction (default: the run's; it must be "
                       "the factor the run was trained at)")
-  parser.add_argument("--height", type=int, default=256,
-                      help="the preprocessing geometry the model was trained at: rows "
-                      "(config.data.height; default 256)")
-  parser.add_argument("--width", type=int, default=256,
-                      help="the preprocessing geometry the model was trained at: columns "
-                      "(config.data.width; default 256)")
-  parser.add_argument("--frames", type=int, default=40,
-                      help="the preprocessing geometry the model was trained at: frames "
-                      "(config.data.num_frames; default 40)")
   parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                       help="the checkpoint to use: best validation loss (default) or latest")
   parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace --output if it exists and is not empty")
+  parser.add_argument("--force", action="store_true",
+                      help="predict a scan unlike the training data (no enhancement; size or "
+                      "time base far off) instead of refusing it")
   parser.add_argument("--verbosity", type=int, default=None,
                       help="library logging: -1 warnings and errors (default), 0 INFO, 1 DEBUG")
   return parser
@@ -385,9 +415,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise InputError("--batch-size", f"must be positive, got {args.batch_size}")
   runtime.enable_compilation_cache()
   runtime.set_library_logging(args.verbosity)
-  geometry = Geometry(args.height, args.width, args.frames)  # time grid: the run's model.json
   folder, maps = predict_to_folder(args.workdir, args.input, args.output, args.temporal_factor,
-                                   geometry, args.checkpoint, args.batch_size, args.overwrite)
+                                   args.checkpoint, args.batch_size, args.overwrite, args.force)
   shape = maps[TARGET_MAPS[0]].shape
   print(f"wrote {', '.join(MAP_FILES.values())} and {OVERVIEW_FILE} ((x, y, z) = "
         f"({shape[1]}, {shape[2]}, {shape[0]})) to {folder}")

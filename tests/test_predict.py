@@ -18,8 +18,8 @@ from pkd_jax.data.case import TARGET_MAPS
 from tests.helpers import config_with
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# The test scale preprocesses to 48 x 48 x 40 (the phantom's size) and trains on 16-frame patches.
-GEOMETRY = ["--height=48", "--width=48", "--frames=40"]
+# The test scale preprocesses to 48 x 48 x 40 (the phantom's size; model.json records it) and
+# trains on 16-frame patches.
 # Factor 8, not 1: at factor 1 every readable scan (>= 2 frames) is long enough, so the raw frame
 # count check could not be tested.
 FACTOR = 8
@@ -67,11 +67,11 @@ def scan_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api_maps(run_dir, scan_path):
-  return predict.predict_scan(run_dir, scan_path, geometry=predict.Geometry(48, 48, 40))
+  return predict.predict_scan(run_dir, scan_path)
 
 
 def _args(run_dir, scan, output, *extra):
-  return [f"--workdir={run_dir}", f"--input={scan}", f"--output={output}", *GEOMETRY, *extra]
+  return [f"--workdir={run_dir}", f"--input={scan}", f"--output={output}", *extra]
 
 
 def _main_exit_code(argv) -> int:
@@ -101,6 +101,23 @@ def test_api_predicts_maps_at_the_input_shape(api_maps):
     assert np.isfinite(api_maps[key]).all()
 
 
+def test_the_run_records_its_grid_and_prediction_needs_no_geometry(run_dir):
+  spec = json.loads((run_dir / "model.json").read_text())
+  assert spec["grid"] == {"height": 48, "width": 48, "num_frames": 40}
+  run = predict.load_run(run_dir)
+  assert run.geometry == predict.Geometry(48, 48, 40, 1.5)
+  assert (run.config.data.height, run.config.data.width, run.config.data.num_frames) == (48, 48, 40)
+
+
+def test_maps_are_zero_outside_the_head_only(api_maps, scan_path):
+  scan = np.asarray(nib.load(str(scan_path)).dataobj).transpose(2, 3, 0, 1)  # (S, T, H, W)
+  air = scan.mean(axis=1) < -900  # the phantom's corners: air at -1000 HU
+  assert air.any() and (~air).any()
+  for key in TARGET_MAPS:
+    assert (api_maps[key][air] == 0).all()  # unmasked, the air got CBF up to 43
+    assert (api_maps[key][~air] != 0).mean() > 0.9
+
+
 def test_cli_writes_maps_on_the_input_grid(run_dir, scan_path, api_maps, tmp_path):
   output = tmp_path / "out" / "pred"  # parent folders are created
   result = subprocess.run(
@@ -123,6 +140,8 @@ def test_main_default_factor_matches_the_api_and_overwrites(run_dir, scan_path, 
   assert _main_exit_code(_args(run_dir, scan_path, output, "--overwrite")) == 0
   _assert_outputs(output, api_maps)  # replaced as a whole: stale.txt is gone
   assert os.listdir(tmp_path) == ["pred"]
+  (tmp_path / "plain").mkdir()  # the output folder's mode is a plain mkdir's (was 0700)
+  assert output.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
 
 
 def _bad_inputs(root: pathlib.Path, run_dir: pathlib.Path, scan_path: pathlib.Path):
@@ -138,12 +157,22 @@ def _bad_inputs(root: pathlib.Path, run_dir: pathlib.Path, scan_path: pathlib.Pa
   short = _save_scan(root / "short.nii.gz", case.scan_hu, np.eye(4))
   flat = root / "flat.nii.gz"
   nib.save(nib.Nifti1Image(np.zeros((24, 24, 2), np.float32), np.eye(4)), str(flat))
+  scan = phantom.generate_case(
+      phantom.PhantomConfig(height=24, width=24, num_frames=30, num_slices=1), 0, 1).scan_hu
+  no_contrast = _save_scan(root / "no_contrast.nii.gz", np.zeros_like(scan), np.eye(4))
+  wide = _save_scan(root / "wide.nii.gz", np.repeat(np.repeat(scan, 9, 2), 9, 3), np.eye(4))
+  brief = _save_scan(root / "brief.nii.gz", scan, np.eye(4), dt=0.5)  # 14.5 s of 58.5
+  sparse = _save_scan(root / "sparse.nii.gz", scan[:, :16], np.eye(4), dt=40.0)  # sees 12 s
   (out / "a_file").write_text("not a folder")
   read_only = out / "read_only"
   read_only.mkdir()
   read_only.chmod(0o555)
   return {
       "missing input": (run_dir, root / "nope.nii.gz", out / "pred", [], "nope.nii.gz"),
+      "no contrast": (run_dir, no_contrast, out / "pred", [], "no_contrast.nii.gz: no contrast"),
+      "far larger": (run_dir, wide, out / "pred", [], "wide.nii.gz: 216 rows is far from the 48"),
+      "too brief": (run_dir, brief, out / "pred", [], "brief.nii.gz: the scan covers 14.5 s"),
+      "too sparse": (run_dir, sparse, out / "pred", [], "sparse.nii.gz: frames 40 s apart"),
       "3D input": (run_dir, flat, out / "pred", [], "flat.nii.gz"),
       "too few frames": (run_dir, short, out / "pred", [], "short.nii.gz"),
       "no checkpoint": (no_checkpoint, scan_path, out / "pred", [], "no_checkpoint"),
@@ -156,7 +185,7 @@ def _bad_inputs(root: pathlib.Path, run_dir: pathlib.Path, scan_path: pathlib.Pa
   }
 
 
-BAD = ["missing input", "3D input", "too few frames", "no checkpoint", "no model.json",
+BAD = ["missing input", "no contrast", "far larger", "too brief", "too sparse", "3D input", "too few frames", "no checkpoint", "no model.json",
        "missing run", "other factor", "output under a file", "read-only output"]
 
 
@@ -208,3 +237,12 @@ def test_run_without_valid_spec_is_an_input_error(tmp_path):
   (tmp_path / "model.json").write_text(json.dumps({"model": "vnet"}))
   with pytest.raises(predict.InputError, match="not a model spec"):
     predict.read_spec(tmp_path)
+
+
+def test_force_predicts_a_scan_without_contrast(run_dir, tmp_path, capsys):
+  (tmp_path / "outputs").mkdir()
+  scan = _bad_inputs(tmp_path, run_dir, tmp_path)["no contrast"][1]
+  assert _main_exit_code(_args(run_dir, scan, tmp_path / "pred")) == 2
+  assert _main_exit_code(_args(run_dir, scan, tmp_path / "pred", "--force")) == 0, \
+      capsys.readouterr().err
+  assert (tmp_path / "pred" / "tmax.nii.gz").exists()

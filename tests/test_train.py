@@ -1,6 +1,7 @@
 """Training: overfitting, a full "test" run, kill-and-resume, one compile across teachers, errors."""
 
 import functools
+import json
 import pathlib
 import re
 import signal
@@ -16,6 +17,7 @@ import pytest
 from configs import teacher as teacher_config
 from pkd_jax import checkpoints, hooks, models, train
 from pkd_jax.data import pipeline
+from pkd_jax.errors import InputError
 from pkd_jax.state import init_state, make_optimizer
 from tests.helpers import config_with
 
@@ -218,6 +220,17 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, 
     train.train_and_evaluate(_config(train__log_every=log_every), str(tmp_path))
   assert (tmp_path / "checkpoints" / "3").exists()
   assert not (tmp_path / "checkpoints" / "6").exists()
+
+
+def test_a_model_json_without_the_grid_gains_it_and_another_grid_is_another_model(tmp_path):
+  config = _config()
+  spec = checkpoints.model_spec(config)
+  older = {k: v for k, v in spec.items() if k != "grid"}  # as runs wrote it before the grid
+  (tmp_path / "model.json").write_text(json.dumps(older))
+  checkpoints.check_workdir_spec(str(tmp_path), spec)
+  assert json.loads((tmp_path / "model.json").read_text()) == spec
+  with pytest.raises(InputError, match="another model.*grid"):
+    checkpoints.check_workdir_spec(str(tmp_path), dict(spec, grid=dict(spec["grid"], height=64)))
 
 
 def test_best_checkpoint_is_the_lowest_validation_loss_and_survives_the_keep_policy(tmp_path):

@@ -234,8 +234,9 @@ def test_command_line_run_at_factor_16_checkpoints_evaluates_and_loads(tmp_path)
   config = _config("16,test", train__steps=2, train__eval_every=2)
   main.run(config, str(workdir), mode="evaluate")
   assert "| unitobrain x16 |" in (workdir / "results.md").read_text()
-  run = predict.load_run(workdir, Geometry(config.data.height, config.data.width,
-                                           config.data.num_frames))
+  run = predict.load_run(workdir)  # the training grid comes from model.json
+  assert run.geometry == Geometry(config.data.height, config.data.width, config.data.num_frames,
+                                  config.data.frame_interval_s)
   assert isinstance(run.model, UniToBrain) and run.model.filters == 4
   assert jax.tree.structure(run.variables["params"]) == jax.tree.structure(
       _init_shapes(run.model, (1, 16, 16, 16, 1))["params"])
