@@ -101,9 +101,12 @@ def _label_panel(ax, title: str, ylabel: str) -> None:
 
 
 def comparison_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[str, np.ndarray]],
-                      ranges: dict[str, float], path: str, title: str = "") -> str:
-  """A Figure 2 style PNG: rows ground truth and methods, columns Tmax, CBV, CBF, one colour
-  scale per column; the last row is the first method's absolute error."""
+                      ranges: dict[str, float], path: str, title: str = "",
+                      threshold_s: float = TMAX_THRESHOLD_S) -> str:
+  """A Figure 2 style PNG: rows ground truth and methods, columns Tmax, CBV, CBF; the last row is
+  the first method's absolute error. Each column has its colour bar, with units, under its maps
+  (and another under its error), and every panel outlines the true Tmax > threshold_s region, so
+  what a method found and missed shows at once."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -111,7 +114,8 @@ def comparison_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[
   first = next(iter(predictions))
   rows = [("ground truth", truth)] + list(predictions.items())
   rows.append((f"|{first} - truth|", {k: np.abs(predictions[first][k] - truth[k]) for k in truth}))
-  fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.8 * len(rows)), squeeze=False,
+  lesion = np.asarray(truth["tmax"]) > threshold_s
+  fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.6 * len(rows) + 1.0), squeeze=False,
                            constrained_layout=True)
   for col, key in enumerate(TARGET_MAPS):
     for row, (name, maps) in enumerate(rows):
@@ -119,12 +123,18 @@ def comparison_figure(truth: dict[str, np.ndarray], predictions: dict[str, dict[
       error_row = row == len(rows) - 1
       image = ax.imshow(maps[key], cmap="magma" if error_row else ("jet" if key == "tmax" else "viridis"),
                         vmin=0, vmax=ranges[key] * (0.5 if error_row else 1))
-      _label_panel(ax, f"{TITLES[key]} ({MAP_UNITS[key]})" if row == 0 else "",
-                   name if col == 0 else "")
-      if row in (0, len(rows) - 1):
-        fig.colorbar(image, ax=axes[:-1, col] if row == 0 else ax, shrink=0.8)
-  if title:
-    fig.suptitle(title)
+      if lesion.any():
+        ax.contour(lesion, levels=[0.5], colors="white", linewidths=0.8)
+      _label_panel(ax, TITLES[key] if row == 0 else "", name if col == 0 else "")
+      if row == len(rows) - 2:  # the maps' scale, under the column's last map
+        fig.colorbar(image, ax=axes[:-1, col], location="bottom", shrink=0.9, aspect=25,
+                     label=f"{TITLES[key]} ({MAP_UNITS[key]})")
+      elif error_row:
+        fig.colorbar(image, ax=ax, location="bottom", shrink=0.9, aspect=25,
+                     label=f"|error| ({MAP_UNITS[key]})")
+  outline = f"white: the true Tmax > {threshold_s:g} s region" if lesion.any() else \
+      f"no true Tmax > {threshold_s:g} s region in this slice"
+  fig.suptitle(f"{title}\n{outline}" if title else outline)
   return fileio.save_figure(fig, path)
 
 

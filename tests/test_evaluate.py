@@ -253,3 +253,23 @@ def test_holm_adjusts_one_family_and_leaves_tests_not_done_out():
   assert np.isnan(adjusted[3])
   assert metrics.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
   assert metrics.holm([]) == []
+
+
+def test_comparison_figure_has_a_labelled_scale_per_column_and_the_lesion_on_every_panel(
+    tmp_path, monkeypatch):
+  saved = []
+  monkeypatch.setattr(report.fileio, "save_figure", lambda fig, path: saved.append(fig) or path)
+  tmax = np.full((16, 16), 2.0, np.float32)
+  tmax[4:9, 4:9] = 10.0
+  truth = {"tmax": tmax, "cbv": np.ones((16, 16), np.float32), "cbf": np.ones((16, 16), np.float32)}
+  predictions = {"pkd": truth, "none": {k: v * 0.5 for k, v in truth.items()}}
+  report.comparison_figure(truth, predictions, {"tmax": 20.0, "cbv": 8.0, "cbf": 100.0},
+                           str(tmp_path / "maps.png"))
+  fig = saved[0]
+  panels = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+  bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+  assert len(panels) == 4 * 3  # truth, 2 methods, the error
+  assert all(ax.collections for ax in panels)  # the outline of the true Tmax > 6 s region
+  labels = sorted(ax.get_xlabel() for ax in bars)  # one scale per column, one per error panel
+  assert labels == sorted(["Tmax (s)", "CBV (ml/100 g)", "CBF (ml/100 g/min)", "|error| (s)",
+                           "|error| (ml/100 g)", "|error| (ml/100 g/min)"])
