@@ -51,6 +51,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.root = ""  # dataset folder
   data.layout = "isles2018"  # "isles2018" or "folder" (then give data.patterns)
   data.patterns = ml_collections.ConfigDict()  # role -> glob, e.g. scan="*4D*.nii.gz" (folder layout)
+  # Case folders to leave out, as "SPLIT/CASE_FOLDER" below root (e.g. ("train/case_7",)); any
+  # other case folder lacking its scan or a tmax, cbv or cbf map stops the run before training.
+  data.exclude = ()
   # Preprocessing geometry of every scan (pkd_jax.data.preprocess.Geometry).
   data.height = data.phantom.get_ref("height")
   data.width = data.phantom.get_ref("width")

@@ -156,7 +156,7 @@ def test_folder_layout_with_user_patterns(tmp_path):
   np.testing.assert_array_equal(read.frame_times_s, reference.frame_times_s)
 
 
-def test_frame_interval_units_and_default(tmp_path):
+def test_frame_interval_units_and_default(tmp_path, capsys, recwarn):
   scan = np.zeros((H, W, S, T), np.int16)
   save(scan, tmp_path / "ms.nii", dt=1300.0)
   img = nib.load(str(tmp_path / "ms.nii"), mmap=False)
@@ -165,12 +165,28 @@ def test_frame_interval_units_and_default(tmp_path):
   np.testing.assert_array_equal(nifti.read_scan(tmp_path / "ms.nii").frame_times_s,
                                 np.arange(T) * 1.3)
   save(scan, tmp_path / "zero_dt.nii", dt=0.0)
-  with pytest.warns(UserWarning, match="zero_dt.nii"):
-    case = nifti.read_scan(tmp_path / "zero_dt.nii")
+  capsys.readouterr()
+  case = nifti.read_scan(tmp_path / "zero_dt.nii")
   np.testing.assert_array_equal(case.frame_times_s, np.arange(T) * 1.0)
   assert case.params["frame_interval_source"] == "default"
+  # One plain line on stderr, with advice that holds for every caller: no Python warning, no
+  # suggestion of a flag or argument the caller may not have.
+  err = capsys.readouterr().err
+  assert err.splitlines() == [
+      f"warning: {tmp_path / 'zero_dt.nii'}: no usable frame interval in the header (pixdim[4] = "
+      f"0, time unit 'sec'); assuming 1.0 s per frame; {nifti.INTERVAL_ADVICE}"], err
+  assert "pixdim[4]" in nifti.INTERVAL_ADVICE and "frame_interval_s" not in err
+  assert not recwarn.list
   case = nifti.read_scan(tmp_path / "zero_dt.nii", frame_interval_s=2.0)  # no warning
   np.testing.assert_array_equal(case.frame_times_s, np.arange(T) * 2.0)
+  # A caller's own advice ends the line; a file is warned about once per process.
+  save(scan, tmp_path / "zero_dt_2.nii", dt=0.0)
+  nifti.read_scan(tmp_path / "zero_dt_2.nii", interval_advice="use --its-flag")
+  nifti.read_scan(tmp_path / "zero_dt_2.nii", interval_advice="use --its-flag")
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line.startswith(f"warning: {tmp_path / 'zero_dt_2.nii'}: ")
+  assert line.endswith("; use --its-flag")
+  assert not recwarn.list
 
 
 def test_trailing_singleton_map_is_squeezed(tmp_path):
@@ -318,8 +334,10 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=60,
                           cwd=pathlib.Path(__file__).resolve().parents[1])
   assert result.returncode == 2, result.stderr
-  assert f"error: {case_dir}: missing cbf map" in result.stderr
-  assert "Traceback" not in result.stderr
+  assert result.stderr.splitlines() == [
+      f"error: {case_dir}: missing cbf map: no NIfTI file (.nii or .nii.gz) matches the cbf "
+      f"pattern {nifti.LAYOUTS['isles2018'].patterns['cbf']!r}"]
+  assert result.stdout.splitlines()[-1].startswith("1 cases: 0 valid, 1 invalid")
 
 
 def test_cli_summary(tmp_path, capsys):
@@ -330,7 +348,7 @@ def test_cli_summary(tmp_path, capsys):
   assert len(lines) == 3
   assert lines[0].startswith("case_1: (S, T, H, W) = (3, 6, 16, 16), frame interval 1.3 s")
   assert "maps: tmax, cbv, cbf, mtt" in lines[0] and "maps: cbv, cbf, mtt" in lines[1]
-  assert lines[2].startswith("2 cases, 6 slices")
+  assert lines[2] == f"2 cases: 2 valid, 0 invalid; 6 slices in the valid ones; read {tmp_path}"
   with pytest.raises(SystemExit) as info:
     validate.main([str(tmp_path), "--pattern", "tmax"])
   assert info.value.code == 2
@@ -374,3 +392,133 @@ def test_failed_overwrite_keeps_the_old_case(tmp_path, monkeypatch):
   nifti.write_isles_case(new, tmp_path, 1, overwrite=True)
   assert os.listdir(tmp_path) == ["case_1"]
   np.testing.assert_array_equal(nifti.read_case(case_dir).scan_hu, new.scan_hu)
+
+
+# ------------------------------------------------------------------------------------------------
+# A header that claims more voxels than its file holds: an error before any voxel is read.
+
+
+def header_only_nifti(path: pathlib.Path, shape, padding: int = 64) -> pathlib.Path:
+  """A NIfTI-1 file whose header claims int16 voxels of shape, followed by `padding` zero bytes."""
+  hdr = nib.Nifti1Header()
+  hdr.set_data_shape(shape)
+  hdr.set_data_dtype(np.int16)
+  hdr.set_xyzt_units("mm", "sec")
+  hdr.set_zooms((0.9, 0.9, 5.0, 1.5)[:len(shape)])
+  hdr["vox_offset"] = 352
+  raw = hdr.binaryblock + bytes(4 + padding)  # 348-byte header, 4-byte extension flag, "data"
+  path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+  return path
+
+
+# (file name, claimed shape, what the file is said to hold). 72 GB is above the gzip trailer's
+# 4 GiB, so the .nii.gz bound there is deflate's expansion; 80 MB is below, read off the trailer.
+HUGE_HEADERS = [
+    ("huge.nii", (30000, 30000, 1, 40), "(72 GB from byte 352) but the file holds only 416 bytes"),
+    ("huge.nii.gz", (30000, 30000, 1, 40), "(72 GB from byte 352) but the file holds only "),
+    ("large.nii.gz", (1000, 1000, 1, 40), "(80 MB from byte 352) but the file holds only 416 "
+     "bytes uncompressed"),
+]
+
+
+@pytest.mark.parametrize("name, shape, holds", HUGE_HEADERS, ids=[h[0] for h in HUGE_HEADERS])
+def test_header_claiming_more_voxels_than_the_file_holds(tmp_path, name, shape, holds):
+  path = header_only_nifti(tmp_path / name, shape)
+  claim = f"{path}: the header claims {' x '.join(map(str, shape))} int16 voxels "
+  with pytest.raises(InputError) as info:
+    nifti.read_scan(path)
+  message = str(info.value)
+  assert message.startswith(claim) and holds in message, message
+  assert message.endswith(": truncated or corrupt"), message
+  if name == "huge.nii.gz":
+    assert "compressed (deflate expands at most 1032-fold" in message, message
+  # In a case folder, and from the header alone (the training pipeline's first look at a case).
+  case_dir = _written(tmp_path / "data")
+  scan_path = role_file(case_dir, "scan")
+  scan_path.unlink()
+  shutil.copy(path, scan_path.with_name(scan_path.stem + name[name.index("."):]))
+  for action in (lambda: nifti.read_case(case_dir), lambda: nifti.scan_shape(case_dir)):
+    with pytest.raises(InputError, match="the header claims"):
+      action()
+
+
+def test_gzip_of_several_members_is_read(tmp_path):
+  """The trailer holds only the last member's size: a short one is counted, not refused."""
+  case = make_case()
+  case_dir = nifti.write_isles_case(case, tmp_path, 1)
+  scan_path = role_file(case_dir, "scan")
+  raw = scan_path.read_bytes()
+  scan_path.with_name(scan_path.name + ".gz").write_bytes(
+      gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+  scan_path.unlink()
+  np.testing.assert_array_equal(nifti.read_case(case_dir).scan_hu, case.scan_hu)
+
+
+# ------------------------------------------------------------------------------------------------
+# Finding cases: ISLES 2018's TRAINING / TESTING, incomplete case folders, exclusions.
+
+
+def test_find_cases_reads_a_split_of_the_isles_root(tmp_path):
+  nifti.write_isles_dataset([make_case(0), make_case(1)], tmp_path / "TRAINING")
+  nifti.write_isles_dataset([make_case(2)], tmp_path / "TESTING")
+  found = nifti.find_cases(tmp_path)
+  assert [p.name for p in found] == ["case_1", "case_2"] and len(found) == 2
+  assert found.split == "training" and found.folder == tmp_path / "TRAINING"
+  assert found.splits == ("training", "testing")
+  testing = nifti.find_cases(tmp_path, split="testing")
+  assert list(testing) == [tmp_path / "TESTING" / "case_1"] and testing.split == "testing"
+  shutil.rmtree(tmp_path / "TRAINING")
+  assert nifti.find_cases(tmp_path).split == "testing"  # the only one there
+  with pytest.raises(InputError, match=r"has no TRAINING folder \(split 'training' asked for\); "
+                     "it has TESTING"):
+    nifti.find_cases(tmp_path, split="training")
+  with pytest.raises(InputError, match="unknown split 'train'; valid splits: training, testing"):
+    nifti.find_cases(tmp_path, split="train")
+  flat = nifti.find_cases(tmp_path / "TESTING")  # case folders of its own: no split
+  assert flat.split is None and flat.folder == tmp_path / "TESTING" and len(flat) == 1
+
+
+def test_incomplete_case_folder_is_named_unless_excluded(tmp_path):
+  nifti.write_isles_dataset([make_case(0), make_case(1), make_case(2)], tmp_path)
+  shutil.rmtree(role_file(tmp_path / "case_2", "scan").parent)  # no 4DPWI: was skipped silently
+  with pytest.raises(InputError) as info:
+    nifti.find_cases(tmp_path)
+  message = str(info.value)
+  assert message.startswith(f"{tmp_path / 'case_2'}: missing scan: no NIfTI file"), message
+  # With the maps required (training), every incomplete folder and all it lacks, in one error.
+  shutil.rmtree(role_file(tmp_path / "case_3", "tmax").parent)
+  shutil.rmtree(role_file(tmp_path / "case_3", "cbf").parent)
+  with pytest.raises(InputError) as info:
+    nifti.find_cases(tmp_path, require_maps=True)
+  assert str(info.value) == (f"{tmp_path}: 2 case folders lack a required file: case_2 (no scan); "
+                             "case_3 (no tmax map, cbf map); add the files or exclude these case "
+                             "folders by name")
+  without_maps = nifti.find_cases(tmp_path, exclude=["case_2"])  # case_3 has its scan
+  assert list(without_maps) == [tmp_path / "case_1", tmp_path / "case_3"]
+  found = nifti.find_cases(tmp_path, exclude=["case_2", "case_3"], require_maps=True)
+  assert list(found) == [tmp_path / "case_1"]
+  assert found.excluded == (tmp_path / "case_2", tmp_path / "case_3")
+  assert list(nifti.find_cases(tmp_path, exclude="case_2")) == [tmp_path / "case_1",
+                                                                 tmp_path / "case_3"]
+  everything = nifti.find_cases(tmp_path, complete=False)  # for a caller that reports each case
+  assert [p.name for p in everything] == ["case_1", "case_2", "case_3"]
+  with pytest.raises(InputError, match=r"exclude: not a case folder of .*: 'case_9'"):
+    nifti.find_cases(tmp_path, exclude=["case_9"])
+
+
+def test_training_source_refuses_an_incomplete_case_unless_excluded(tmp_path):
+  from configs import base
+  from pkd_jax.data import pipeline
+
+  nifti.write_isles_dataset([make_case(0), make_case(1)], tmp_path / "train")
+  shutil.rmtree(role_file(tmp_path / "train" / "case_2", "scan").parent)
+  data = base.get_config().data
+  data.source, data.root = "nifti", str(tmp_path)
+  with pytest.raises(InputError, match=f"{tmp_path / 'train' / 'case_2'}: missing scan"):
+    pipeline.make_source(data, "train")
+  data.exclude = ("train/case_2", "test/case_5")  # another split's entries are left to it
+  source = pipeline.make_source(data, "train")
+  assert list(source.case_dirs) == [tmp_path / "train" / "case_1"] and len(source) == S
+  data.exclude = ("case_2",)
+  with pytest.raises(InputError, match="config.data.exclude: each entry is SPLIT/CASE_FOLDER"):
+    pipeline.make_source(data, "train")

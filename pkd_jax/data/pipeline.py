@@ -106,12 +106,16 @@ class PhantomSlices:
 class NiftiSlices:
   """Random access to the slices of NIfTI cases (any layout of pkd_jax.data.nifti), preprocessed.
 
-  Cases are read and preprocessed on first use; the most recent few are kept in memory.
+  Every case folder under root must hold its scan and the tmax, cbv and cbf maps, checked here
+  before anything trains (an error names each folder lacking one), unless excluded by name
+  (exclude, as nifti.find_cases'). Cases are read and preprocessed on first use; the most recent
+  few are kept in memory.
   """
 
   def __init__(self, root: str, layout: str = "isles2018", patterns: dict[str, str] | None = None,
-               geometry: preprocess.Geometry = preprocess.Geometry(), max_cached_cases: int = 4):
-    self.case_dirs = nifti.find_cases(root, layout, patterns)
+               geometry: preprocess.Geometry = preprocess.Geometry(), max_cached_cases: int = 4,
+               exclude: Sequence[str] = ()):
+    self.case_dirs = nifti.find_cases(root, layout, patterns, exclude=exclude, require_maps=True)
     self.layout, self.patterns, self.geometry = layout, patterns, geometry
     self.max_cached_cases = max_cached_cases
     self._cases: collections.OrderedDict = collections.OrderedDict()  # position -> Case, LRU
@@ -244,12 +248,27 @@ def scans_for_factor(batch: dict[str, Any], factors: Sequence[int], factor: int)
 SOURCES = ("phantom", "nifti")
 
 
+def _excluded_cases(exclude: Sequence[str], split: str) -> list[str]:
+  """The case folder names of one split among ``data.exclude``'s 'SPLIT/CASE_FOLDER' entries."""
+  names = []
+  for entry in exclude:
+    parts = str(entry).split("/")
+    if len(parts) != 2 or parts[0] not in SPLIT_OFFSETS or not parts[1]:
+      raise InputError("config.data.exclude", f"each entry is SPLIT/CASE_FOLDER with SPLIT one of "
+                       f"{', '.join(SPLIT_OFFSETS)} (e.g. 'train/case_7'), got {entry!r}")
+    if parts[0] == split:
+      names.append(parts[1])
+  return names
+
+
 def make_source(data, split: str):
   """The slice source of one split from a data config (configs/base.py, ``config.data``).
 
   Phantom: ``data.num_cases[split]`` cases of the split's index range, generated from
   ``data.seed`` (the data seed, not ``config.seed``: models of different initialisation seeds
-  see the same cases). NIfTI: the cases in ``data.root/<split>`` in ``data.layout``.
+  see the same cases). NIfTI: the cases in ``data.root/<split>`` in ``data.layout``, but those
+  ``data.exclude`` lists as ``<split>/<case folder>``; any other case folder lacking its scan or a
+  map is an error.
   """
   if data.source == "phantom":  # generated directly on the time grid
     grid = (data.frame_interval_s, data.frame_interval_s)
@@ -258,7 +277,9 @@ def make_source(data, split: str):
   if data.source == "nifti":
     geometry = preprocess.Geometry(data.height, data.width, data.num_frames, data.frame_interval_s)
     patterns = dict(data.patterns) or None
-    return NiftiSlices(os.path.join(data.root, split), data.layout, patterns, geometry)
+    exclude = _excluded_cases(data.get("exclude", ()), split)
+    return NiftiSlices(os.path.join(data.root, split), data.layout, patterns, geometry,
+                       exclude=exclude)
   raise InputError("config.data.source", f"unknown source {data.source!r}; valid: {SOURCES}")
 
 
