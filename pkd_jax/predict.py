@@ -29,11 +29,12 @@ windows covering the series). Every slice is predicted, in batches, and the maps
 
 DIR receives ``tmax.nii.gz``, ``cbv.nii.gz``, ``cbf.nii.gz`` (float32, ``data[x, y, z] = map[z, x,
 y]``, on the scan's affine; units of :data:`pkd_jax.data.case.MAP_UNITS`, as the network predicts
-them, unclipped, 0 outside the head: :func:`pkd_jax.data.preprocess.head_mask`) and ``overview.png`` (a row per map over a few slices). Everything is written into
-a temporary folder next to DIR and renamed into place, so a failure leaves nothing partial; an
-existing non-empty DIR is replaced only with --overwrite. Bad input (a missing or 3D scan, too few
-frames for the factor, a run without model.json or checkpoint, an unwritable output) ends with
-``error: <path>: <problem>`` and exit status 2.
+them, unclipped, 0 outside the head: :func:`pkd_jax.data.preprocess.head_mask`) and
+``overview.png`` (a row per map over a few slices). Everything is written into a temporary folder
+next to DIR and renamed into place, so a failure leaves nothing partial; an existing non-empty DIR
+is replaced only with --overwrite. Bad input (a missing or 3D scan, too few frames for the factor,
+a scan unlike the training data, a run without model.json or checkpoint, an unwritable output)
+ends with ``error: <path>: <problem>`` and exit status 2.
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ def check_scan(case: Case, spec: dict[str, Any], factor: int, force: bool = Fals
     return
   geometry, advice = run_geometry(spec), " (--force predicts anyway)"
   _, _, height, width = case.scan_hu.shape
-  for what, size, trained in (("rows", height, geometry.height), ("columns", width, geometry.width)):
+  for what, size, trained in (("rows", height, geometry.height),
+                              ("columns", width, geometry.width)):
     if max(size / trained, trained / size) > MAX_INPLANE_RATIO:
       raise InputError(where, f"{size} {what} is far from the {trained} the model was trained at "
                        f"(more than {MAX_INPLANE_RATIO:g} times){advice}")
