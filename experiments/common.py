@@ -14,21 +14,27 @@ from pkd_jax.data.case import TARGET_MAPS
 TRAIN_TIME_FILE = "train_time.json"
 
 
-def train_timed(config, workdir: str) -> float:
-  """Trains (or resumes) config's network in workdir; the seconds the whole training took
-  (recorded in WORKDIR/train_time.json, so a re-run that only evaluates reports it too)."""
-  path = os.path.join(workdir, TRAIN_TIME_FILE)
-  recorded = {"seconds": 0.0}
-  if os.path.exists(path):
-    with open(path) as f:
-      recorded = json.load(f)
+def train_timed(config, workdir: str, hook=None) -> float:
+  """Trains (or resumes) config's network in workdir (with pkd_jax.train's hook, e.g. a
+  distillation's teaching); the seconds the whole training took, over all sittings (recorded in
+  WORKDIR/train_time.json, so a re-run that only evaluates reports it too)."""
+  before = recorded_train_s(workdir) or 0.0
   if checkpoints.is_finished(workdir, config):
-    return float(recorded["seconds"])  # trained already
+    return before  # trained already
   start = time.perf_counter()
-  train.train_and_evaluate(config, workdir)
-  recorded["seconds"] += time.perf_counter() - start  # a resumed run adds its part
-  fileio.write_json(path, recorded)
-  return float(recorded["seconds"])
+  train.train_and_evaluate(config, workdir, hook)
+  seconds = before + time.perf_counter() - start  # a resumed run adds its part
+  fileio.write_json(os.path.join(workdir, TRAIN_TIME_FILE), {"seconds": seconds})
+  return seconds
+
+
+def recorded_train_s(workdir: str) -> float | None:
+  """The training seconds train_timed recorded in workdir; None if it recorded none."""
+  path = os.path.join(workdir, TRAIN_TIME_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return float(json.load(f)["seconds"])
 
 
 def summary(per_case: dict, tmax_gt6_dice: float) -> dict:

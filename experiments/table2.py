@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import student as student_config
 from configs import unet_gan as unet_gan_config
 from configs import unitobrain as unitobrain_config
-from experiments.common import train_timed
+from experiments.common import recorded_train_s, train_timed
 from pkd_jax import baselines, checkpoints, distill, evaluate, fileio, job, metrics, models, report
 from pkd_jax import runtime, train
 from pkd_jax.data.case import TARGET_MAPS
@@ -287,7 +287,7 @@ def _teacher_trainer(owner: job.Job, spec) -> Callable[[], None]:
     if spec.assistant:
       full = distill.TeacherSpec(1)
       teaching = distill.Teaching("kd", [full], owner.load_teachers([full]), cfg.seed)
-      train.train_and_evaluate(cfg, folder, teaching)
+      train_timed(cfg, folder, teaching)
     else:
       train_timed(cfg, folder)
   return run
@@ -298,7 +298,7 @@ def _student_trainer(cfg, folder: str) -> Callable[[], None]:
     student_job = job.Job(cfg, folder)
     student_job.check()
     os.makedirs(folder, exist_ok=True)
-    train.train_and_evaluate(cfg, folder, student_job.make_teaching())
+    train_timed(cfg, folder, student_job.make_teaching())
   return run
 
 
@@ -546,13 +546,16 @@ def run(scale: str, runs: str, out: str, only: list[str] | None = None,
                                  for m in metrics.METRICS for s in ("mean", "std")]))
   fileio.write_text(stem + ".csv", "\n".join(csv_lines) + "\n")
   trained = sum(u.name in scores for u in table.units)
+  unit_times = {u.name: round(t, 1) for u in table.units
+                if (t := recorded_train_s(table.folder(u))) is not None}
   result = dict(
       command=" ".join(["python"] + sys.argv), date=datetime.date.today().isoformat(),
       machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
       scale=scale, scale_settings=dataclasses.asdict(table.scale), num_seeds=num_seeds,
       num_test_cases=num_cases, units_trained=trained, units_planned=len(table.units),
       wall_s=dict(this_call_train=round(train_s, 1),
-                  this_call_total=round(time.perf_counter() - start, 1)),
+                  this_call_total=round(time.perf_counter() - start, 1),
+                  train_per_unit=unit_times, train_all_sittings=round(sum(unit_times.values()), 1)),
       rows=rows, reading=text)
   fileio.write_json(stem + ".json", result)
   figures(table, table.units, scores, records, stem)
