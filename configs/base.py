@@ -132,6 +132,10 @@ def get_train_config() -> ml_collections.ConfigDict:
   train.eval_every = 1000  # steps between validations; a checkpoint is written at each
   train.eval_batches = 0  # validation batches per evaluation (0: the whole validation split)
   train.keep_checkpoints = 3  # latest checkpoints kept (the best by validation loss is kept too)
+  # Several processes (hosts) train one model: main.py calls jax.distributed.initialize() first
+  # (pkd_jax.parallel.initialize_distributed; README, "On several GPUs or hosts"). Not needed
+  # for several devices of one process: every run is data parallel over all its devices.
+  train.distributed = False
   return train
 
 

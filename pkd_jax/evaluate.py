@@ -4,7 +4,9 @@ Inference covers whole slices and the whole series by the window rule of
 :mod:`pkd_jax.inference` (the mean of the maps of T-frame windows at 0, 4, 8 of the 40-frame
 series degraded to the model's factor), the same rule as validation and prediction. The reference
 rows every report carries (the best classical pipeline and the sanity floors) are in
-:mod:`pkd_jax.baselines`.
+:mod:`pkd_jax.baselines`. Prediction is data parallel over all devices
+(:func:`pkd_jax.inference.predict`: the slices split over them, the last batch padded); with
+several processes every process scores every slice.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pkd_jax import parallel
 from pkd_jax.data import preprocess, temporal
 from pkd_jax.data.case import TARGET_MAPS
 
@@ -53,12 +54,14 @@ def windowed_maps(model, variables, series: jax.Array, window_frames: int,
   """The window rule inside a traced function: series (B, T_full, H, W, 1) -> maps (B, H, W).
 
   The windows go through the network as one batch (evaluation mode) and their maps are averaged.
+  A series' windows are adjacent in that batch, so a batch split over devices along its first
+  axis (pkd_jax.parallel) stays split the same way: each device predicts its own series.
   """
   batch = series.shape[0]
   starts = window_starts(series.shape[1], window_frames, stride)
-  windows = jnp.concatenate([series[:, t0:t0 + window_frames] for t0 in starts])
-  maps, _ = model.apply(variables, windows, train=False)
-  return {k: v.reshape(len(starts), batch, *v.shape[1:]).mean(axis=0) for k, v in maps.items()}
+  windows = jnp.stack([series[:, t0:t0 + window_frames] for t0 in starts], axis=1)
+  maps, _ = model.apply(variables, windows.reshape(-1, *windows.shape[2:]), train=False)
+  return {k: v.reshape(batch, len(starts), *v.shape[1:]).mean(axis=1) for k, v in maps.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("model", "window_frames", "stride"))
@@ -67,18 +70,24 @@ def _predict_batch(variables, series, *, model, window_frames: int, stride: int)
 
 
 def predict(model, variables, inputs: np.ndarray, window_frames: int,
-            stride: int = DEFAULT_WINDOW_STRIDE, batch_size: int = 4) -> dict[str, np.ndarray]:
+            stride: int = DEFAULT_WINDOW_STRIDE, batch_size: int = 4,
+            mesh: jax.sharding.Mesh | None = None) -> dict[str, np.ndarray]:
   """Maps (N, H, W) of whole series (N, T_full, H, W, 1) by the window rule.
 
-  The last batch is padded, so one shape is compiled.
+  Data parallel (pkd_jax.parallel) over mesh (default: all devices): the variables replicated,
+  each batch split over the devices. batch_size is rounded up to a multiple of their number and
+  the last batch padded to it (one shape is compiled); the padding's maps are dropped. With
+  several processes every process passes all the inputs and gets all the maps.
   """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  devices = parallel.num_devices(mesh)
+  batch_size = -(-batch_size // devices) * devices
+  variables = parallel.replicate(mesh, variables)
   outputs = []
   for start in range(0, len(inputs), batch_size):
-    chunk = inputs[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-    maps = jax.device_get(_predict_batch(variables, jnp.asarray(chunk), model=model,
-                                         window_frames=window_frames, stride=stride))
-    outputs.append({k: v[:len(chunk) - pad] for k, v in maps.items()})
+    chunk, size = parallel.pad_batch({"x": inputs[start:start + batch_size]}, batch_size)
+    series = parallel.shard_batch(mesh, chunk["x"], global_batch=True)
+    maps = parallel.to_host(_predict_batch(variables, series, model=model,
+                                           window_frames=window_frames, stride=stride))
+    outputs.append({k: v[:size] for k, v in maps.items()})
   return {k: np.concatenate([o[k] for o in outputs]) for k in TARGET_MAPS}

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pkd_jax import job, runtime, train
+from pkd_jax import job, parallel, runtime, train
 from pkd_jax.errors import InputError, exit_on_input_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/teacher.py:8",
@@ -75,6 +75,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CONFIG.value.train.get("distributed", False):  # before JAX does anything else
+    parallel.initialize_distributed()
   runtime.enable_compilation_cache()
   verbosity = flags.FLAGS["verbosity"]  # absl's own flag: --verbosity=0 shows library INFO lines
   runtime.set_library_logging(verbosity.value if verbosity.present else None)

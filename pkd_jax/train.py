@@ -12,6 +12,15 @@ plus the best by validation loss; each written atomically) holding the train sta
 pipeline's position. A run started on a workdir with checkpoints resumes from the latest, so it
 ends exactly where an uninterrupted run would. A non-finite loss stops the run with a clear
 message; the last good checkpoint is kept.
+
+Data parallelism (pkd_jax.parallel): the loop runs on a mesh of all devices (one device is a mesh
+of one). The state after initialisation or restoring, the teachers' variables and the perceptual
+network are replicated; every batch, training and validation (the teachers' inputs too), is split
+along its batch axis (:data:`BATCH_AXES`). The steps are the same jitted functions: XLA's SPMD
+partitioner makes the means over the batch (losses, BatchNorm statistics, gradients) all-reduces,
+so a step on N devices is the single-device step on the same global batch. The batch size must
+divide by the number of devices. With several processes each loads its share of every training
+batch (the pipeline shards its example stream by process) and all of every validation batch.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import json
 import os
 from typing import Sequence
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,7 +41,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
-from pkd_jax import checkpoints, distill, fileio, gan, hooks, inference, losses, models
+from pkd_jax import checkpoints, distill, fileio, gan, hooks, inference, losses, models, parallel
 from pkd_jax.data import pipeline, temporal
 from pkd_jax.data.case import TARGET_MAPS, TMAX_THRESHOLD_S
 from pkd_jax.errors import InputError, TrainingStopped
@@ -90,6 +100,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f"factor config.train.factor = {config.train.factor}")
   if config.train.steps < 1 or config.train.eval_every < 1:
     raise InputError("config.train", "steps and eval_every must be positive")
+  devices = jax.device_count()  # all processes': the mesh of pkd_jax.parallel
+  if config.data.batch_size < 1 or config.data.batch_size % devices:
+    raise InputError("config.data.batch_size",
+                     f"{config.data.batch_size} does not divide by the number of devices, "
+                     f"{devices}: each step splits the batch evenly over them")
 
 
 def _kd(feature, maps, teachers, teacher_x, perceptual, student_features=None, *, model,
@@ -169,20 +184,32 @@ def make_step(config: ml_collections.ConfigDict, model, tx, loss_config: LossCon
 @functools.partial(jax.jit, static_argnames=("model", "loss_config", "window_frames", "stride"))
 def eval_step(state: TrainState, batch, perceptual, *, model, loss_config: LossConfig,
               window_frames: int, stride: int):
-  """Validation metrics of one batch of whole slices, predicted by the window rule
-  (pkd_jax.inference): the loss terms, each map's MAE and squared error in its own units, and
-  the counts for the Dice of the Tmax > 6 s region inside the brain (summed by :func:`evaluate`).
+  """Validation sums of one batch of whole slices, predicted by the window rule
+  (pkd_jax.inference): per slice the loss terms and each map's MAE and squared error in its own
+  units, summed over the real slices (``batch["weight"]`` 1; 0 for the padding that makes a last
+  partial batch split over the devices), their number ``count/slices``, and the counts for the
+  Dice of the Tmax > 6 s region inside the brain; :func:`evaluate` adds them up over batches.
   """
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   maps = inference.windowed_maps(model, variables, batch["x"], window_frames, stride)
   targets = {k: batch[k] for k in TARGET_MAPS}
-  loss, metrics = losses.gt_loss(maps, targets, dict(loss_config.ranges),
-                                 dict(loss_config.weights), perceptual)
-  metrics = dict(metrics, loss=loss)
-  for k in TARGET_MAPS:
-    metrics[f"{k}/mae_units"] = jnp.mean(jnp.abs(maps[k] - targets[k]))
-    metrics[f"{k}/mse_units"] = jnp.mean(jnp.square(maps[k] - targets[k]))
-  brain = batch["brain_mask"] > 0
+  ranges, weights = dict(loss_config.ranges), dict(loss_config.weights)
+
+  def per_slice(slice_maps, slice_targets):  # one slice as a batch of one
+    one = lambda d: {k: v[None] for k, v in d.items()}
+    loss, metrics = losses.gt_loss(one(slice_maps), one(slice_targets), ranges, weights,
+                                   perceptual)
+    metrics = dict(metrics, loss=loss)
+    for k in TARGET_MAPS:
+      metrics[f"{k}/mae_units"] = jnp.mean(jnp.abs(slice_maps[k] - slice_targets[k]))
+      metrics[f"{k}/mse_units"] = jnp.mean(jnp.square(slice_maps[k] - slice_targets[k]))
+    return metrics
+
+  real = batch["weight"] > 0
+  metrics = {k: jnp.sum(jnp.where(real, v, 0.0))
+             for k, v in jax.vmap(per_slice)(maps, targets).items()}
+  metrics["count/slices"] = jnp.sum(real)
+  brain = (batch["brain_mask"] > 0) & real[:, None, None]
   predicted = brain & (maps["tmax"] > TMAX_THRESHOLD_S)
   truth = brain & (targets["tmax"] > TMAX_THRESHOLD_S)
   metrics["count/tmax_gt6_both"] = jnp.sum(predicted & truth)
@@ -191,10 +218,15 @@ def eval_step(state: TrainState, batch, perceptual, *, model, loss_config: LossC
   return metrics
 
 
+# The batch axis of each input of the steps where it is not 0: teacher_x is (K, B, T, H, W, 1).
+BATCH_AXES = {"teacher_x": 1}
+
+
 def device_batch(batch: dict[str, np.ndarray], factors, factor: int,
                  teacher_factors: Sequence[int] = ()) -> dict[str, np.ndarray]:
   """The step's inputs from a pipeline batch: x at the model's factor, and teacher_x
-  (K, B, T, H, W, 1) at the teachers' factors (the same crop) when there are teachers."""
+  (K, B, T, H, W, 1) at the teachers' factors (the same crop) when there are teachers.
+  Host arrays: :func:`pkd_jax.parallel.shard_batch` (with :data:`BATCH_AXES`) places them."""
   out = {"x": pipeline.scans_for_factor(batch, factors, factor)}
   if teacher_factors:
     out["teacher_x"] = np.stack([pipeline.scans_for_factor(batch, factors, f)
@@ -207,20 +239,35 @@ def device_batch(batch: dict[str, np.ndarray], factors, factor: int,
 # The loop.
 
 
-def evaluate(state, datasets_val, config, model, loss_config, perceptual) -> dict[str, float]:
-  """Validation over whole slices by the window rule: mean loss terms and MAE, RMSE per map in
-  its units (over slices) and the Dice of Tmax > 6 s inside the brain (over all slices)."""
+def evaluate(state, datasets_val, config, model, loss_config, perceptual,
+             mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+  """Validation over whole slices by the window rule: mean loss terms and MAE per slice, RMSE per
+  map in its units (over slices) and the Dice of Tmax > 6 s inside the brain (over all slices).
+
+  mesh: the devices (default: all; pkd_jax.parallel). Each batch is split over them, the last
+  partial one padded to a multiple of their number (the padding weighs 0). state and perceptual
+  are expected on the mesh (replicated), as the loop holds them. Every process reads the whole
+  validation batches (the same on all).
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
   rows = []
   for i, batch in enumerate(datasets_val):
     if config.train.eval_batches and i >= config.train.eval_batches:
       break
-    rows.append(eval_step(state, device_batch(batch, config.data.factors, config.train.factor),
+    inputs, size = parallel.pad_batch(device_batch(batch, config.data.factors,
+                                                   config.train.factor),
+                                      parallel.num_devices(mesh), axes=BATCH_AXES)
+    inputs["weight"] = (np.arange(len(inputs["x"])) < size).astype(np.float32)
+    rows.append(eval_step(state, parallel.shard_batch(mesh, inputs, axes=BATCH_AXES,
+                                                      global_batch=True),
                           perceptual, model=model, loss_config=loss_config,
                           window_frames=config.data.patch.num_frames,
                           stride=config.data.window_stride))
-  rows = jax.device_get(rows)
-  counts = {k: float(np.sum([r[k] for r in rows])) for k in rows[0] if k.startswith("count/")}
-  out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not k.startswith("count/")}
+  rows = parallel.to_host(rows)
+  totals = {k: float(np.sum([r[k] for r in rows], dtype=np.float64)) for k in rows[0]}
+  slices = totals.pop("count/slices")
+  counts = {k: v for k, v in totals.items() if k.startswith("count/")}
+  out = {k: v / slices for k, v in totals.items() if not k.startswith("count/")}
   for k in TARGET_MAPS:
     out[f"{k}/rmse_units"] = float(np.sqrt(out.pop(f"{k}/mse_units")))
   both, total = counts["count/tmax_gt6_both"], (counts["count/tmax_gt6_predicted"] +
@@ -272,6 +319,24 @@ def _check_finite(pending: list, done: int, last_good: int | None, directory) ->
   return float(losses[-1])
 
 
+class _TeachersOnMesh:
+  """The train step's ``teachers`` argument replicated on the mesh: the stacked variables once
+  per stack the hook hands out (a new object when the teachers change), the K weights each
+  step."""
+
+  def __init__(self, mesh: jax.sharding.Mesh):
+    self.mesh, self._source, self._placed = mesh, None, None
+
+  def __call__(self, teachers):
+    if teachers is None:
+      return None
+    if teachers["variables"] is not self._source:
+      self._source = teachers["variables"]
+      self._placed = parallel.replicate(self.mesh, self._source)
+    return dict(teachers, variables=self._placed,
+                weights=parallel.replicate(self.mesh, teachers["weights"]))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        hook: hooks.Hook | None = None) -> dict[str, float]:
   """Trains config's model in workdir (resuming if it holds checkpoints); returns final metrics.
@@ -285,18 +350,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_config(config)
   checkpoints.check_workdir_spec(workdir, checkpoints.model_spec(config))
   hook = hook if hook is not None else hooks.Hook()
+  mesh = parallel.make_mesh()  # all devices of all processes; one device is a mesh of one
   model, tx = models.from_config(config), make_optimizer(config)
   loss_config = LossConfig.from_config(config)
-  perceptual = make_perceptual(config)
+  perceptual = parallel.replicate(mesh, make_perceptual(config))
   source = pipeline.make_source(config.data, "train")  # the phantom: config.data.seed
   steps_per_epoch = schedule_epoch_steps(config, len(source))  # the distillation schedule's
-  train_data = pipeline.make_dataset_from_config(config.data, "train", config.seed, source=source)
+  # Each process loads its share of every global batch (all of it with one process).
+  train_data = pipeline.make_dataset_from_config(
+      config.data, "train", config.seed, source=source,
+      shard=grain.sharding.ShardByJaxProcess())
   val_data = pipeline.make_dataset_from_config(config.data, "validation", config.seed)
   iterator = pipeline.make_iterator(train_data, num_workers=config.data.num_workers)
-  state = init_state(config, model, tx, config.seed)
+  state = parallel.replicate(mesh, init_state(config, model, tx, config.seed))
   manager = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)
-  if manager.latest_step() is not None:
-    state = checkpoints.restore_latest(manager, state, iterator, hook)
+  if manager.latest_step() is not None:  # restored onto the replicated state's shardings
+    state = parallel.replicate(mesh, checkpoints.restore_latest(manager, state, iterator, hook))
+  teachers_on_mesh = _TeachersOnMesh(mesh)
   writer = SummaryWriter(os.path.join(workdir, "tb"))
   start_step, total = int(state.step), int(config.train.steps)
   factors, factor = config.data.factors, config.train.factor
@@ -311,8 +381,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   log = hooks.RunLog(workdir, writer, bar)
   try:
     for step in bar:
-      batch = device_batch(next(iterator), factors, factor, hook.teacher_factors())
-      state, metrics = step_fn(state, batch, hook.teachers_arg(step), perceptual)
+      batch = parallel.shard_batch(
+          mesh, device_batch(next(iterator), factors, factor, hook.teacher_factors()),
+          axes=BATCH_AXES)
+      state, metrics = step_fn(state, batch, teachers_on_mesh(hook.teachers_arg(step)),
+                               perceptual)
       # No host round trip per step: the losses stay on the device until the next log or
       # validation step (or the end of a distillation epoch) reads them.
       pending.append(metrics["loss"])
@@ -331,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           writer.add_scalar(f"train/{k}", float(v), done)
         writer.add_scalar("train/learning_rate", float(make_schedule(config)(done)), done)
       if is_eval:
-        val = evaluate(state, val_data, config, model, loss_config, perceptual)
+        val = evaluate(state, val_data, config, model, loss_config, perceptual, mesh)
         for k, v in val.items():
           writer.add_scalar(f"validation/{k}", v, done)
         manager.save(done, args=ocp.args.Composite(

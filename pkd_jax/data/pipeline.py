@@ -205,12 +205,20 @@ class CropAndDegrade(grain.transforms.RandomMap):
 
 
 def make_dataset(source, *, factors: Sequence[int], patch: PatchSpec | None, batch_size: int,
-                 seed: int, train: bool = True, input_norm: str = "hu") -> grain.MapDataset:
+                 seed: int, train: bool = True, input_norm: str = "hu",
+                 shard: grain.sharding.ShardOptions | None = None) -> grain.MapDataset:
   """The batched dataset over a slice source.
 
   train=True: shuffled (a new order every epoch), repeated forever, random crops, full batches.
   train=False: one pass in order, centre crops (or whole slices with patch=None), the last
   partial batch kept.
+
+  shard (training only; several processes feeding one global batch, pkd_jax.parallel): shard
+  ``i`` of ``n`` keeps the examples at positions i, i + n, i + 2n, ... of the shuffled, cropped
+  example stream and batches them ``batch_size / n`` at a time. The crops are drawn from the
+  examples' positions in the whole stream, so batch k of the n shards together holds exactly
+  the examples (and crops) of batch k of the unsharded dataset, in another order. None (or
+  one shard): the whole stream.
   """
   source.check_factors(factors)
   geometry = source.geometry
@@ -224,6 +232,15 @@ def make_dataset(source, *, factors: Sequence[int], patch: PatchSpec | None, bat
     ds = ds.seed(seed).shuffle().repeat(None)
   ds = ds.random_map(CropAndDegrade(factors, patch, random_crop=train, input_norm=input_norm),
                      seed=seed)
+  if shard is not None and shard.shard_count > 1:
+    if not train:
+      raise ValueError("only the training stream is sharded: every process reads whole "
+                       "evaluation batches")
+    if batch_size % shard.shard_count:
+      raise InputError("config.data.batch_size", f"{batch_size} does not divide by the "
+                       f"{shard.shard_count} processes that load a share of each batch")
+    ds = ds[shard.shard_index::shard.shard_count]
+    batch_size //= shard.shard_count
   return ds.batch(batch_size, drop_remainder=train)
 
 
@@ -283,12 +300,16 @@ def make_source(data, split: str):
   raise InputError("config.data.source", f"unknown source {data.source!r}; valid: {SOURCES}")
 
 
-def make_dataset_from_config(data, split: str, seed: int, source=None) -> grain.MapDataset:
+def make_dataset_from_config(data, split: str, seed: int, source=None,
+                             shard: grain.sharding.ShardOptions | None = None
+                             ) -> grain.MapDataset:
   """make_dataset with the config's factors and batch size: random patches in training order for
   'train', whole slices in order for the other splits.
 
   seed: seeds the shuffling and the crops (the phantom's cases come from data.seed).
   source: the split's slice source if already made (else made here by make_source).
+  shard: this process's share of each training batch (see make_dataset), e.g.
+  ``grain.sharding.ShardByJaxProcess()``.
   """
   train = split == "train"
   # Training: random patches. Other splits: whole slices and whole series (the window rule of
@@ -296,4 +317,4 @@ def make_dataset_from_config(data, split: str, seed: int, source=None) -> grain.
   patch = PatchSpec(data.patch.height, data.patch.width, data.patch.num_frames) if train else None
   source = make_source(data, split) if source is None else source
   return make_dataset(source, factors=data.factors, patch=patch, batch_size=data.batch_size,
-                      seed=seed, train=train, input_norm=data.input_norm)
+                      seed=seed, train=train, input_norm=data.input_norm, shard=shard)
