@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-from pkd_jax import fileio, models
+from pkd_jax import fileio, models, parallel
 from pkd_jax.data.case import TARGET_MAPS
 from pkd_jax.errors import InputError
 from pkd_jax.state import TrainState, init_state, make_optimizer
@@ -138,8 +138,11 @@ def load_variables(workdir: str, config: ml_collections.ConfigDict,
                     workdir, step)
   if step is None:
     raise InputError(workdir, "holds no checkpoint")
-  abstract = jax.eval_shape(lambda: init_state(config, model, tx, 0))
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
+  # Onto this process's devices, replicated: a checkpoint saved on another number of devices
+  # (orbax's saved sharding would be a "Topology mismatch" here) loads all the same.
+  sharding = parallel.replicated(parallel.make_mesh())
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          jax.eval_shape(lambda: init_state(config, model, tx, 0)))
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   state = restored["state"]
   return {"params": state.params, "batch_stats": state.batch_stats}

@@ -38,10 +38,11 @@ import grain  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
 
 from configs import student as student_config  # noqa: E402
 from configs import teacher as teacher_config  # noqa: E402
-from pkd_jax import inference, models, parallel, train  # noqa: E402
+from pkd_jax import checkpoints, inference, models, parallel, train  # noqa: E402
 from pkd_jax.data import pipeline  # noqa: E402
 from pkd_jax.state import init_state, make_optimizer  # noqa: E402
 from tests.helpers import config_with  # noqa: E402
@@ -79,8 +80,9 @@ def _teachers(config):
           "weights": np.array([0.5, 0.5], np.float32)}
 
 
-def _step(config, batch, teachers, mesh):
-  """The loop's placement (batch: this process's share), then one train step; numpy results."""
+def _step(config, batch, teachers, mesh, checkpoint_dir=None):
+  """The loop's placement (batch: this process's share), then one train step; numpy results.
+  checkpoint_dir: where to save the new state as the loop does (a run folder), if given."""
   model, tx = models.from_config(config), make_optimizer(config)
   state = parallel.replicate(mesh, init_state(config, model, tx, config.seed))
   placed = parallel.shard_batch(mesh, batch, axes=train.BATCH_AXES)
@@ -90,6 +92,13 @@ def _step(config, batch, teachers, mesh):
   step = functools.partial(train.train_step, model=model, tx=tx,
                            loss_config=train.LossConfig.from_config(config))
   new_state, metrics = step(state, placed, teachers, None)
+  if checkpoint_dir is not None:
+    checkpoints.check_workdir_spec(checkpoint_dir, checkpoints.model_spec(config))
+    manager = checkpoints.checkpoint_manager(checkpoint_dir, 1)
+    manager.save(1, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(new_state), data=ocp.args.JsonSave({}),
+        teaching=ocp.args.JsonSave({})), metrics={"val_loss": 1.0})
+    manager.wait_until_finished()
   replicated = all(x.sharding.is_fully_replicated and
                    len(x.sharding.device_set) == parallel.num_devices(mesh)
                    for x in jax.tree.leaves(new_state))
@@ -139,7 +148,8 @@ def main(kind: str, out_path: str) -> None:
     return
   if kind != "multihost":
     _save(out_path, one=_step(config, batch, teachers, one_device),
-          eight=_step(config, batch, teachers, parallel.make_mesh()))
+          eight=_step(config, batch, teachers, parallel.make_mesh(),
+                      out_path + ".run" if kind == "plain" else None))
     return
   share = _batch(config, shard=grain.sharding.ShardByJaxProcess())
   rows = slice(jax.process_index(), None, jax.process_count())

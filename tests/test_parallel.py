@@ -31,12 +31,13 @@ import subprocess
 import sys
 
 import grain
+import jax
 import numpy as np
 import pytest
 
 from configs import student as student_config
 from configs import teacher as teacher_config
-from pkd_jax import parallel, train
+from pkd_jax import checkpoints, parallel, train
 from pkd_jax.data import pipeline
 from pkd_jax.errors import InputError
 from tests.helpers import config_with
@@ -103,6 +104,14 @@ def _assert_same_step(one: dict, eight: dict, train_config) -> dict[str, float]:
 def test_train_step_on_8_devices_is_the_single_device_step(tmp_path):
   one, eight = _steps("plain", tmp_path)
   print(_assert_same_step(one, eight, teacher_config.get_config("8,test").train))
+  # The 8-device process saved its new state: this one-device process loads it (prediction and
+  # evaluation on another machine; orbax refused with "Topology mismatch" before).
+  config = config_with(teacher_config.get_config, "8,test")
+  loaded = checkpoints.load_variables(str(tmp_path / "plain.npz.run"), config, "latest")
+  flat = jax.tree_util.tree_flatten_with_path(loaded["params"])[0]
+  assert flat
+  for path, leaf in flat:
+    np.testing.assert_array_equal(np.asarray(leaf), eight[f"params{jax.tree_util.keystr(path)}"])
 
 
 @pytest.mark.slow
