@@ -149,6 +149,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = get_model_config()
   config.loss = get_loss_config()
   config.train = get_train_config()
+  config.reference = ml_collections.ConfigDict()  # the report's reference rows (pkd_jax.baselines)
+  config.reference.classical_grid = "full"  # the classical pipelines searched: "full" or "small"
   return config
 
 
@@ -166,6 +168,7 @@ def apply_scale(config: ml_collections.ConfigDict, scale: str) -> ml_collections
     data.cache = True
     model.filters = 4
     config.loss.perceptual = 0.0
+    config.reference.classical_grid = "small"
     train.steps, train.eval_every, train.log_every = 6, 3, 1
   elif scale in ("demo", "mini"):  # 64 x 64 slices, 32 x 32 x 32 patches, F = 4, on a CPU.
     # Departures, measured in the README ("Does the teacher learn?"): the MSE term (without it

@@ -84,15 +84,12 @@ class Scale:
   eval_every: int
   overrides: tuple[tuple[str, Any], ...] = ()  # config fields, "a.b" -> value, for every unit
   vnet_overrides: tuple[tuple[str, Any], ...] = ()  # for the V-Nets (students and teachers)
-  classical_grid: tuple[tuple[str, Any], ...] = ()  # the classical search grid (default: full)
 
 
 SCALES = {
     # Tiny networks, 2 steps each, one seed (compiling each kind of step dominates: minutes on 2
     # CPU cores); 3 test cases so that the t-tests have values.
-    "test": Scale("test", 1, 2, 2, 2, 2, overrides=(("data.num_cases.test", 3),),
-                  classical_grid=(("spatial_sigmas_mm", (0.0, 10.0)), ("temporal_sigmas_s", (0.0,)),
-                                  ("svd_variants", (("osvd", 0.095),)))),
+    "test": Scale("test", 1, 2, 2, 2, 2, overrides=(("data.num_cases.test", 3),)),
     # 2 CPU cores, about two hours for the whole table: 7 teachers of 1,500 steps, 24 students
     # of 600 steps, 6 competitors of 1,500 (at ~0.2 s per teacher step and ~0.3 s per student
     # step on the demo's 32 x 32 x 32 patches, F = 4); 16 test cases. MSE 100 as the demo, whose
@@ -269,8 +266,7 @@ class Table2:
         return json.load(f)
     print("scoring the reference rows (classical pipeline tuned on validation, floors)",
           flush=True)
-    rows = baselines.reference_rows(self.base_config(), (1, 8, 16), records=records,
-                                    **dict(self.scale.classical_grid))
+    rows = baselines.reference_rows(self.base_config(), (1, 8, 16), records=records)
     out = [dict(method=r["method"], factor=r["factor"], key=r["key"],
                 per_case=_lists(r["per_case"]), tmax_gt6_dice=r["tmax_gt6_dice"]) for r in rows]
     fileio.write_json(path, out)

@@ -31,6 +31,13 @@ CLASSICAL_TEMPORAL_SIGMAS_S = (0.0, 1.5, 3.0)  # temporal Gaussian sigma, s (0-2
 # 0.095 (Wu et al. 2003) and 0.2 (a smoother residue).
 CLASSICAL_SVD = (("bsvd", 0.1), ("bsvd", 0.2), ("bsvd", 0.3), ("osvd", 0.035), ("osvd", 0.095),
                  ("osvd", 0.2))
+# Named grids (config.reference.classical_grid): the whole grid above, or the "test" scale's two
+# pipelines (a job's reference rows in seconds instead of ~40 s).
+CLASSICAL_GRIDS = {
+    "full": {},
+    "small": dict(spatial_sigmas_mm=(0.0, 10.0), temporal_sigmas_s=(0.0,),
+                  svd_variants=(("osvd", 0.095),)),
+}
 # The search minimises the mean over validation cases of the range-normalised RMSE summed over
 # these maps (CBV does not depend on the SVD; Tmax alone would pick the worst CBF settings).
 CLASSICAL_OBJECTIVE_MAPS = ("tmax", "cbf")
@@ -265,9 +272,15 @@ def reference_rows(config: ml_collections.ConfigDict, factors: Sequence[int], re
   "classical_best_true_aif" / "classical_best_selected_aif"), the TTP floor ("ttp_tmax") and the
   constant healthy predictor ("constant_healthy", the same maps at every factor). Each row:
   method, key, factor, per_case, volumes, tmax_gt6_dice (pooled) and, where there are any,
-  settings. grid: the classical search grid (:func:`classical_search`'s keywords), if not the
-  default one.
+  settings. grid: the classical search grid (:func:`classical_search`'s keywords); none given:
+  the config's named grid (``config.reference.classical_grid``, :data:`CLASSICAL_GRIDS`).
   """
+  if not grid:
+    name = config.reference.classical_grid
+    if name not in CLASSICAL_GRIDS:
+      raise InputError("config.reference.classical_grid",
+                       f"unknown grid {name!r}; valid: {', '.join(CLASSICAL_GRIDS)}")
+    grid = CLASSICAL_GRIDS[name]
   records = split_records(config, "test") if records is None else records
   values = healthy_values(config)
   constant = evaluate_constant(config, records=records, values=values)
