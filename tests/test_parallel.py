@@ -114,7 +114,7 @@ def test_train_step_on_8_devices_is_the_single_device_step(tmp_path):
     np.testing.assert_array_equal(np.asarray(leaf), eight[f"params{jax.tree_util.keystr(path)}"])
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_distillation_step_on_8_devices_is_the_single_device_step(tmp_path):
   # Two stacked teachers: their inputs (K, B, ...) are split along their second axis.
   one, eight = _steps("kd", tmp_path)
@@ -122,7 +122,7 @@ def test_distillation_step_on_8_devices_is_the_single_device_step(tmp_path):
   print(_assert_same_step(one, eight, student_config.get_config("pkd,test").train))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_validation_and_prediction_on_8_devices_match_one_device(tmp_path):
   # The last batches are padded to a multiple of 8 and the padding dropped or weighted 0.
   one, eight = _steps("evaluate", tmp_path)
@@ -132,7 +132,7 @@ def test_validation_and_prediction_on_8_devices_match_one_device(tmp_path):
     np.testing.assert_allclose(eight[k], one[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_two_processes_feeding_their_shares_take_the_single_device_step(tmp_path):
   # jax.distributed on this machine: 2 processes x 4 CPU devices, each loading its share of the
   # batch through the pipeline (checked against the unsharded pipeline's rows in the script).
