@@ -84,11 +84,27 @@ def checkpoint_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.
       checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
                                 keep_checkpoints_without_metrics=False),
   ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_val_loss,
-                                         best_mode="min", cleanup_tmp_directories=not read_only,
-                                         read_only=read_only, create=not read_only)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options, item_names=("state", "data", "teaching"))
+  quiet = _ReadOnlyNotices() if read_only else None  # two warnings per load otherwise
+  if quiet:
+    logging.get_absl_logger().addFilter(quiet)
+  try:
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_val_loss,
+                                           best_mode="min", cleanup_tmp_directories=not read_only,
+                                           read_only=read_only, create=not read_only)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                 options=options, item_names=("state", "data", "teaching"))
+  finally:
+    if quiet:
+      logging.get_absl_logger().removeFilter(quiet)
+
+
+class _ReadOnlyNotices:  # pylint: disable=too-few-public-methods
+  """Drops orbax's warnings that a read-only manager is read-only (what was asked for)."""
+
+  NOTICES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+
+  def filter(self, record) -> bool:
+    return not str(record.getMessage()).startswith(self.NOTICES)
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState, data_iterator,

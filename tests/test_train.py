@@ -268,7 +268,7 @@ def test_best_checkpoint_is_the_lowest_validation_loss_and_survives_the_keep_pol
       np.testing.assert_allclose(a, b + step, rtol=1e-6)
 
 
-def test_loading_a_checkpoint_leaves_a_save_in_progress_alone(tmp_path):
+def test_loading_a_checkpoint_leaves_a_save_in_progress_alone(tmp_path, caplog):
   """predict / evaluate on a run that is still training: opening its checkpoints to load must
   not delete the temporary folder of the checkpoint being written (a writing manager does)."""
   config = _config()
@@ -284,7 +284,10 @@ def test_loading_a_checkpoint_leaves_a_save_in_progress_alone(tmp_path):
   in_progress = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp"
   (in_progress / "state").mkdir(parents=True)
   assert not checkpoints.is_finished(str(tmp_path), config)
-  checkpoints.load_variables(str(tmp_path), config, "latest")
+  with caplog.at_level("WARNING"):
+    checkpoints.load_variables(str(tmp_path), config, "latest")
+  assert not [r for r in caplog.records if "read only" in r.getMessage()  # orbax's two notices
+              or "read_only" in r.getMessage()], caplog.text
   time.sleep(1.0)  # orbax cleans up in a background thread
   assert in_progress.is_dir()
   checkpoints.checkpoint_manager(str(tmp_path), keep=2)  # a writer (a resumed run) does clean up
