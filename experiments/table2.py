@@ -218,19 +218,45 @@ class Table2:
   def finished(self, unit: Unit) -> bool:
     return checkpoints.is_finished(self.folder(unit), unit.config)
 
-  def train(self, units: list[Unit]) -> None:
+  def claim_path(self, unit: Unit) -> str:
+    return os.path.join(self.runs, "claims", unit.name.replace("/", "__") + ".lock")
+
+  def train(self, units: list[Unit]) -> list[str]:
+    """Trains the units not finished yet, in order; the names of those left to other processes.
+
+    Several processes may share one runs folder (e.g. ``--only=competitors`` beside the full
+    run): each unit is claimed while it trains (RUNS/claims), and a unit another process is
+    training, or whose teachers it is training, is skipped with a line saying so."""
+    skipped = []
     for i, unit in enumerate(units, 1):
-      cfg = unit.config
-      state = "trained" if self.finished(unit) else f"training, {cfg.train.steps} steps"
-      if state != "trained":
-        missing = [u.name for u in self.units if u.name in unit.needs and not self.finished(u)]
-        if missing:
-          raise ValueError(f"{unit.name} needs the teachers, not all trained yet: "
-                           f"{', '.join(missing)}; train them first (--only=teachers)")
-      print(f"[{i}/{len(units)}] {unit.name} ({unit.method}, 1/{unit.factor}): {state}",
-            flush=True)
-      if state != "trained":
-        unit.train()
+      head = f"[{i}/{len(units)}] {unit.name} ({unit.method}, 1/{unit.factor})"
+      if self.finished(unit):
+        print(f"{head}: trained", flush=True)
+        continue
+      missing = [u for u in self.units if u.name in unit.needs and not self.finished(u)]
+      busy = [u.name for u in missing if fileio.claim_holder(self.claim_path(u))]
+      if busy:
+        print(f"{head}: skipped, its teachers are being trained by another process "
+              f"({', '.join(busy)}); run again when they are done", flush=True)
+        skipped.append(unit.name)
+        continue
+      if missing:
+        raise ValueError(f"{unit.name} needs the teachers, not all trained yet: "
+                         f"{', '.join(u.name for u in missing)}; train them first "
+                         "(--only=teachers)")
+      with fileio.claim(self.claim_path(unit)) as owner:
+        if owner is None and self.finished(unit):  # finished while we looked
+          print(f"{head}: trained", flush=True)
+        elif owner is None:
+          print(f"{head}: training, {unit.config.train.steps} steps", flush=True)
+          unit.train()
+        else:
+          print(f"{head}: skipped, being trained by {owner}", flush=True)
+          skipped.append(unit.name)
+    if skipped:
+      print(f"{len(skipped)} unit(s) left to other processes: {', '.join(skipped)}; the report "
+            "covers what is finished", flush=True)
+    return skipped
 
   def score_path(self, unit: Unit) -> str:
     return os.path.join(self.runs, "scores", unit.name.replace("/", "__") + ".json")

@@ -1,4 +1,4 @@
-"""All-or-nothing writing of a folder of outputs."""
+"""All-or-nothing writing of outputs, and claims on work shared by several processes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
 from typing import Iterator
 
@@ -80,3 +81,61 @@ def save_figure(fig, path: os.PathLike | str, dpi: int = 80) -> str:
     plt.close(fig)
     tmp.unlink(missing_ok=True)
   return str(path)
+
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
+def claim_holder(path: os.PathLike | str) -> str | None:
+  """Who holds the claim (see :func:`claim`) at `path`, "pid N on HOST"; None when nobody does:
+  no file, or one left by a process of this host that is no longer running (stale)."""
+  path = pathlib.Path(path)
+  try:
+    owner = json.loads(path.read_text())
+    pid, host = int(owner["pid"]), str(owner["host"])
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError, KeyError, TypeError):
+    return f"another process ({path})"  # being written this instant, or garbled: respected
+  if host == socket.gethostname() and not _alive(pid):
+    return None
+  return f"pid {pid} on {host}"
+
+
+@contextlib.contextmanager
+def claim(path: os.PathLike | str) -> Iterator[str | None]:
+  """A lock file at `path` for the block: yields None when this process holds it, else who does
+  (:func:`claim_holder`), and then the caller should leave the work alone.
+
+  The file is created exclusively (O_EXCL) and removed when the block ends. A stale claim (its
+  process, on this host, is gone) is taken over; one from another host is always respected
+  (remove the file by hand if that host died).
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+      holder = claim_holder(path)
+      if holder is None:
+        path.unlink(missing_ok=True)
+        continue
+      yield holder
+      return
+    with os.fdopen(fd, "w") as f:
+      json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+    try:
+      yield None
+    finally:
+      path.unlink(missing_ok=True)
+    return
+  yield f"another process ({path})"  # the stale claim was taken over by another meanwhile

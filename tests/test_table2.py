@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import table2
+from pkd_jax import fileio
 from pkd_jax.data.case import TARGET_MAPS
 from pkd_jax.metrics import METRICS
 
@@ -107,3 +108,23 @@ def test_rows_pool_seeds_and_pkd_is_tested_against_each_row_with_holm():
 def metrics_holm(p):
   from pkd_jax import metrics  # pylint: disable=import-outside-toplevel
   return metrics.holm(p)
+
+
+def test_units_another_process_trains_are_skipped_with_their_students(tmp_path, capsys):
+  """Two processes on one runs folder: a unit claimed by a live process is left alone, and so
+  are the students of a teacher it is training; the rest trains."""
+  table = table2.Table2("test", str(tmp_path / "runs"), str(tmp_path / "out"))
+  trained = []
+  for unit in table.units:
+    unit.train = lambda name=unit.name: trained.append(name)
+  x8, x4, none = table.select(["teachers/x8", "teachers/x4", "students/none_x8_seed0"])
+  with fileio.claim(table.claim_path(x8)) as owner:  # "the other process" (a live pid: ours)
+    assert owner is None
+    skipped = table.train(table.select(["teachers/x8", "teachers/x4", "students/pkd_x16_seed0",
+                                        "students/none_x8_seed0"]))
+  assert skipped == ["teachers/x8", "students/pkd_x16_seed0"]
+  assert trained == [x4.name, none.name]  # w/o PKD has no teachers: it trains
+  out = capsys.readouterr().out
+  assert "teachers/x8 (teacher x8, 1/8): skipped, being trained by pid" in out
+  assert "its teachers are being trained by another process (teachers/x8)" in out
+  assert not any((tmp_path / "runs" / "claims").iterdir())  # every claim released
