@@ -457,6 +457,23 @@ def reading(rows: list[dict]) -> str:
   def p(r, k, metric="rmse"):
     return r.get("p_vs_pkd", {}).get(k, {}).get(metric, {}).get("p_holm", float("nan"))
 
+  floor = _find(rows, "constant healthy", 16)
+  if floor is not None:  # before any claim: did the 1/16 networks learn at all?
+    learners = [r for r in rows if r["factor"] == 16 and r["kind"] in ("student", "competitor")]
+    below = {k: [r["method"] for r in learners if rmse(r, k) < rmse(floor, k)]
+             for k in TARGET_MAPS}
+    out.append(
+        "0. The floor first: the constant healthy-tissue predictor (the same maps for every case, "
+        "no network) has RMSE " + " / ".join(f"{rmse(floor, k):.3f}" for k in TARGET_MAPS)
+        + " (Tmax / CBV / CBF) at 1/16. Networks at 1/16 below it: "
+        + "; ".join(f"{k} {', '.join(below[k]) or 'none'}" for k in TARGET_MAPS)
+        + f" (PKD against it, Holm p Tmax {p(floor, 'tmax'):.2g}). "
+        + ("No network at 1/16 predicts Tmax better than this constant: at this scale the 1/16 "
+           "networks have not learned Tmax beyond the population's healthy values, so the "
+           "differences between them below are differences between networks that have not "
+           "learned, not a test of the paper's claims." if not below["tmax"] else
+           "PKD is below it for Tmax." if "PKD" in below["tmax"] else
+           "PKD is not below it for Tmax."))
   if none is not None:
     lower = [k for k in TARGET_MAPS if rmse(pkd, k) < rmse(none, k)]
     significant = [k for k in lower if p(none, k) < 0.05]

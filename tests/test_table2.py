@@ -105,6 +105,27 @@ def test_rows_pool_seeds_and_pkd_is_tested_against_each_row_with_holm():
   assert holm == [min(1.0, x) for x in metrics_holm(raw_p)]
 
 
+def test_the_reading_says_when_no_network_beats_the_constant_floor():
+  """Synthetic: the constant predictor's RMSE below every network's at 1/16, then above PKD's."""
+  rng = np.random.default_rng(1)
+  units, scores = [], {}
+  for method, offset in (("PKD", 0.0), ("w/o PKD", 1.0)):
+    unit = _unit(method, 16, 0)
+    units.append(unit)
+    scores[unit.name] = dict(tmax_gt6_dice=0.5, per_case={
+        k: {m: list(rng.uniform(2, 3, 4) + offset) for m in METRICS} for k in TARGET_MAPS})
+
+  def floor(level):
+    return [dict(method="constant healthy", factor=16, key="constant_healthy", tmax_gt6_dice=0.0,
+                 per_case={k: {m: [level] * 4 for m in METRICS} for k in TARGET_MAPS})]
+
+  text = table2.reading(table2.aggregate(units, scores, floor(1.0)))
+  assert "Networks at 1/16 below it: tmax none; cbv none; cbf none" in text
+  assert "No network at 1/16 predicts Tmax better than this constant" in text
+  text = table2.reading(table2.aggregate(units, scores, floor(2.9)))
+  assert "tmax PKD;" in text and "PKD is below it for Tmax." in text  # w/o PKD (about 3.5) is not
+
+
 def metrics_holm(p):
   from pkd_jax import metrics  # pylint: disable=import-outside-toplevel
   return metrics.holm(p)
