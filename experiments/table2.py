@@ -3,8 +3,9 @@ teachers, the competitors and the reference rows, on one held-out test set.
 
     python experiments/table2.py --scale=mini [--runs=runs/table2_mini] [--only=PATTERN,...]
 
-Scales (:data:`SCALES`): "test" (seconds, for the test suite), "mini" (2 CPU cores; more than two
-hours in all, measured in the README: resume it over sittings), "gpu" (the paper's sizes with fewer steps,
+Scales (:data:`SCALES`): "test" (seconds, for the test suite), "mini" (2 CPU cores; about four
+hours in all, measured in the README: resume it over sittings, or share the runs folder between
+processes), "gpu" (the paper's sizes with fewer steps,
 for one H100-class GPU; not yet run) and "paper" (the paper's sizes and 80,000 iterations).
 
 What it trains (each a "unit" with a folder under RUNS; what is finished is never retrained, an
@@ -92,8 +93,9 @@ SCALES = {
     "test": Scale("test", 1, 2, 2, 2, 2, overrides=(("data.num_cases.test", 3),)),
     # 2 CPU cores: 7 teachers of 1,500 steps, 24 students of 600 steps, 6 competitors of 1,500
     # on the demo's 32 x 32 x 32 patches, F = 4; 16 test cases. Measured (README, Results): a
-    # teacher 495-785 s, a single-teacher student 200-310 s, an MTKD student ~16 min (three
-    # full-resolution teachers' forward passes: ~1.2 s a step): more than two hours in all. MSE 100 as the demo, whose
+    # teacher 495-785 s, a single-teacher student 200-440 s, an MTKD student 17-18 min and a
+    # DGKD one 21-25 min (three or four teachers' forward passes every step): about 4 hours in
+    # all; the 1/16 students do not beat the constant predictor on Tmax. MSE 100 as the demo, whose
     # teachers find lesions in 500 steps with it (README, ablations); PKD epochs of 8 steps with
     # a cap of 15 epochs, as the demo.
     "mini": Scale("mini", 3, 1500, 600, 1500, 300,
