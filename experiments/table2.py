@@ -221,7 +221,7 @@ class Table2:
     return checkpoints.is_finished(self.folder(unit), unit.config)
 
   def claim_path(self, unit: Unit) -> str:
-    return os.path.join(self.runs, "claims", unit.name.replace("/", "__") + ".lock")
+    return os.path.join(self.runs, "claims", _flat(unit.name) + ".lock")
 
   def train(self, units: list[Unit]) -> list[str]:
     """Trains the units not finished yet, in order; the names of those left to other processes.
@@ -261,7 +261,7 @@ class Table2:
     return skipped
 
   def score_path(self, unit: Unit) -> str:
-    return os.path.join(self.runs, "scores", unit.name.replace("/", "__") + ".json")
+    return os.path.join(self.runs, "scores", _flat(unit.name) + ".json")
 
   def score(self, units: list[Unit], records) -> dict[str, dict]:
     """Per-case metrics of every unit (cached in RUNS/scores; a unit trained again is rescored)."""
@@ -332,6 +332,11 @@ def _plain_trainer(cfg, folder: str) -> Callable[[], None]:
     os.makedirs(folder, exist_ok=True)
     train_timed(cfg, folder)
   return run
+
+
+def _flat(name: str) -> str:
+  """A unit's name as one file name: "students/pkd_x16_seed0" -> "students__pkd_x16_seed0"."""
+  return name.replace("/", "__")
 
 
 def _lists(tree):

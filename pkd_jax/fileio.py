@@ -83,7 +83,6 @@ def save_figure(fig, path: os.PathLike | str, dpi: int = 80) -> str:
   return str(path)
 
 
-
 def _alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
