@@ -164,6 +164,7 @@ def apply_scale(config: ml_collections.ConfigDict, scale: str) -> ml_collections
     data.phantom.num_slices = 2
     data.patch.height = data.patch.width = 32  # 16 would leave BatchNorm 2 values at the bottleneck
     data.patch.num_frames = 16
+    data.window_stride = 8  # 4 windows of the 40 frames (7 with 4): validation and scoring
     data.num_cases.train, data.num_cases.validation, data.num_cases.test = 2, 1, 1
     data.cache = True
     model.filters = 4

@@ -9,6 +9,7 @@ that is still training is safe.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Any
@@ -135,15 +136,28 @@ def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
   return latest is not None and latest >= config.train.steps
 
 
+# Variables loaded by this process (see load_variables): (checkpoint folder, step, its
+# modification time, the model spec) -> variables; the most recently used few are kept.
+_LOADED: collections.OrderedDict[tuple, dict[str, Any]] = collections.OrderedDict()
+LOADED_KEEP = 8  # DGKD's and PKD's four teachers, and the model being scored
+
+
 def load_variables(workdir: str, config: ml_collections.ConfigDict,
                    which: str = "best") -> dict[str, Any]:
   """A trained model's variables (params, batch_stats): the "best" (by validation loss) or the
-  "latest" checkpoint of workdir."""
+  "latest" checkpoint of workdir.
+
+  Only the variables are read (not the optimiser state: a third of the arrays, and a checkpoint
+  of any optimiser loads). The last :data:`LOADED_KEEP` loaded stay in memory, keyed by the
+  checkpoint's folder, step and modification time: an experiment that distils several students
+  from the same teachers, then scores them all, reads each checkpoint once.
+  """
   model, tx = models.from_config(config), make_optimizer(config)
   path = os.path.join(workdir, MODEL_SPEC_FILE)
   if not os.path.exists(path):
     raise InputError(workdir, "no trained model here (no model.json)")
-  check_workdir_spec(workdir, model_spec(config))
+  spec = model_spec(config)
+  check_workdir_spec(workdir, spec)
   manager = checkpoint_manager(workdir, config.train.keep_checkpoints, read_only=True)
   if which not in ("best", "latest"):
     raise InputError("checkpoint", f"must be 'best' or 'latest', got {which!r}")
@@ -156,11 +170,26 @@ def load_variables(workdir: str, config: ml_collections.ConfigDict,
     raise InputError(workdir, "holds no checkpoint")
   # Onto this process's devices, replicated: a checkpoint saved on another number of devices
   # (orbax's saved sharding would be a "Topology mismatch" here) loads all the same.
-  sharding = parallel.replicated(parallel.make_mesh())
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          jax.eval_shape(lambda: init_state(config, model, tx, 0)))
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-  state = restored["state"]
-  return {"params": state.params, "batch_stats": state.batch_stats}
-
-
+  mesh = parallel.make_mesh()
+  folder = os.path.join(str(manager.directory), str(step))
+  key = (os.path.realpath(folder), os.stat(folder).st_mtime_ns, json.dumps(spec, sort_keys=True),
+         tuple(d.id for d in mesh.devices.flat))
+  if key in _LOADED:
+    _LOADED.move_to_end(key)
+    return _LOADED[key]
+  sharding = parallel.replicated(mesh)
+  fresh = jax.eval_shape(lambda: init_state(config, model, tx, 0))
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        {"params": fresh.params, "batch_stats": fresh.batch_stats})
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)))
+  except (ValueError, KeyError, TypeError) as e:
+    raise InputError(folder, "cannot load this checkpoint's variables onto the configured "
+                     f"model: {' '.join(str(e).split())[:300]}") from e
+  variables = {k: restored["state"][k] for k in ("params", "batch_stats")}
+  _LOADED[key] = variables
+  while len(_LOADED) > LOADED_KEEP:
+    _LOADED.popitem(last=False)
+  return variables

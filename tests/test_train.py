@@ -2,6 +2,7 @@
 
 import functools
 import json
+import os
 import pathlib
 import re
 import signal
@@ -11,6 +12,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -266,6 +268,35 @@ def test_best_checkpoint_is_the_lowest_validation_loss_and_survives_the_keep_pol
     loaded = checkpoints.load_variables(str(tmp_path), config, which)
     for a, b in zip(_leaves(loaded["params"]), _leaves(state.params)):
       np.testing.assert_allclose(a, b + step, rtol=1e-6)
+
+
+def test_load_variables_reads_only_the_variables_and_each_checkpoint_once(tmp_path, monkeypatch):
+  """The optimiser state is not read (a checkpoint of another optimiser loads); a second load of
+  the same checkpoint comes from memory; a checkpoint changed on disk is read again."""
+  config = _config()
+  model = models.from_config(config)
+  state = init_state(config, model, optax.sgd(0.1, momentum=0.9), 0)  # not the configured Adam
+  state = state.replace(params=jax.tree.map(lambda x: x + 1.0, state.params))
+  checkpoints.check_workdir_spec(str(tmp_path), checkpoints.model_spec(config))
+  manager = checkpoints.checkpoint_manager(str(tmp_path), keep=1)
+  manager.save(1, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({}),
+      teaching=ocp.args.JsonSave({})), metrics={"val_loss": 1.0})
+  manager.wait_until_finished()
+  manager.close()
+  reads = []
+  restore = ocp.CheckpointManager.restore
+  monkeypatch.setattr(ocp.CheckpointManager, "restore",
+                      lambda self, *a, **k: reads.append(a[0]) or restore(self, *a, **k))
+  first = checkpoints.load_variables(str(tmp_path), config)
+  assert set(first) == {"params", "batch_stats"} and reads == [1]
+  for a, b in zip(_leaves(first), _leaves({"params": state.params,
+                                            "batch_stats": state.batch_stats})):
+    np.testing.assert_array_equal(a, b)
+  assert checkpoints.load_variables(str(tmp_path), config) is first and reads == [1]
+  step_folder = tmp_path / "checkpoints" / "1"
+  os.utime(step_folder, ns=(step_folder.stat().st_atime_ns, step_folder.stat().st_mtime_ns + 10**9))
+  assert checkpoints.load_variables(str(tmp_path), config) is not first and reads == [1, 1]
 
 
 def test_loading_a_checkpoint_leaves_a_save_in_progress_alone(tmp_path, caplog):
