@@ -5,8 +5,9 @@
 For each size (configs/teacher.py:1,<size>): compile time, median step time over --steps steps
 (after one warm-up step), samples per second, the process's peak memory (peak RSS on CPU, the
 device's peak bytes in use on a GPU), the FLOPs of one step from XLA's cost analysis and the
-achieved fraction of the machine's peak FLOP rate; at --student_sizes also the PKD student's step
-(one frozen teacher's forward pass more) over the teacher's step, timed in the same run. On CPU the peak is estimated as cores x clock x
+achieved fraction of the machine's peak FLOP rate; at --student_sizes also the students' steps
+(one frozen teacher's forward pass more, as PKD; three, as MTKD) over the teacher's step, timed in
+the same run. On CPU the peak is estimated as cores x clock x
 FLOPs per cycle per core (32 for AVX2 FMA in float32, 64 with AVX-512); on a GPU a table of
 known dense float32 peaks is used. Inputs are random arrays of the right shapes: the step alone is
 timed (benchmarks/phantom.py times the input pipeline).
@@ -125,18 +126,20 @@ def measure(scale: str, steps: int) -> dict:
   peak, peak_source = machine_peak()
   student = {}
   if scale in _STUDENT_SIZES.value:
-    # A PKD student's step: the same network plus one frozen teacher's forward pass.
+    # Students' steps: the same network plus frozen teachers' forward passes, one teacher (PKD,
+    # KD, TAKD) and three (MTKD's full-resolution teachers; DGKD has four).
     teacher_state = init_state(config, model, tx, 2)  # `state` was donated to the steps
     teacher_vars = {"params": teacher_state.params, "batch_stats": teacher_state.batch_stats}
-    teachers = {"variables": jax.tree.map(lambda a: jnp.stack([a]), teacher_vars),
-                "weights": jnp.ones((1,), jnp.float32)}
-    student_batch = dict(batch, teacher_x=batch["x"][None])
     student_config = train.LossConfig(loss_config.weights, loss_config.ranges)
-    student_state = init_state(config, model, tx, 1)
     kd_step = functools.partial(train.train_step, model=model, tx=tx, loss_config=student_config)
-    student_median = time_steps(kd_step, student_state, student_batch, teachers, perceptual, steps)
-    student = {"pkd_student_median_step_s": round(student_median, 4),
-               "pkd_student_over_teacher_step": round(student_median / median, 3)}
+    for key, k in (("pkd_student", 1), ("three_teacher_student", 3)):
+      teachers = {"variables": jax.tree.map(lambda a: np.stack([a] * k), teacher_vars),  # pylint: disable=cell-var-from-loop
+                  "weights": np.full((k,), 1 / k, np.float32)}
+      student_batch = dict(batch, teacher_x=np.stack([batch["x"]] * k))
+      student_median = time_steps(kd_step, init_state(config, model, tx, 1), student_batch,
+                                  teachers, perceptual, steps)
+      student[f"{key}_median_step_s"] = round(student_median, 4)
+      student[f"{key}_over_teacher_step"] = round(student_median / median, 3)
   return {
       "scale": scale, "batch": b, "patch_t_h_w": [p.num_frames, p.height, p.width],
       "filters": config.model.filters,
