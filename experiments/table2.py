@@ -94,8 +94,9 @@ SCALES = {
     # 2 CPU cores: 7 teachers of 1,500 steps, 24 students of 600 steps, 6 competitors of 1,500
     # on the demo's 32 x 32 x 32 patches, F = 4; 16 test cases. Measured (README, Results): a
     # teacher 495-785 s, a single-teacher student 200-440 s, an MTKD student 17-18 min and a
-    # DGKD one 21-25 min (three or four teachers' forward passes every step): about 4 hours in
-    # all; the 1/16 students do not beat the constant predictor on Tmax. MSE 100 as the demo, whose
+    # DGKD one 21-25 min (vmapped teachers, since replaced: alone on the cores 304 s and 352 s):
+    # about 4 hours in all (about 3 now, estimated); the 1/16 students do not beat the constant
+    # predictor on Tmax. MSE 100 as the demo, whose
     # teachers find lesions in 500 steps with it (README, ablations); PKD epochs of 8 steps with
     # a cap of 15 epochs, as the demo.
     "mini": Scale("mini", 3, 1500, 600, 1500, 300,
