@@ -270,6 +270,17 @@ def test_best_checkpoint_is_the_lowest_validation_loss_and_survives_the_keep_pol
       np.testing.assert_allclose(a, b + step, rtol=1e-6)
 
 
+def _save_one(workdir, config, state, keep: int) -> None:
+  """A workdir holding one checkpoint of state, step 1 (validation loss 1.0), as the loop saves."""
+  checkpoints.check_workdir_spec(str(workdir), checkpoints.model_spec(config))
+  manager = checkpoints.checkpoint_manager(str(workdir), keep=keep)
+  manager.save(1, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({}),
+      teaching=ocp.args.JsonSave({})), metrics={"val_loss": 1.0})
+  manager.wait_until_finished()
+  manager.close()
+
+
 def test_load_variables_reads_only_the_variables_and_each_checkpoint_once(tmp_path, monkeypatch):
   """The optimiser state is not read (a checkpoint of another optimiser loads); a second load of
   the same checkpoint comes from memory; a checkpoint changed on disk is read again."""
@@ -277,13 +288,7 @@ def test_load_variables_reads_only_the_variables_and_each_checkpoint_once(tmp_pa
   model = models.from_config(config)
   state = init_state(config, model, optax.sgd(0.1, momentum=0.9), 0)  # not the configured Adam
   state = state.replace(params=jax.tree.map(lambda x: x + 1.0, state.params))
-  checkpoints.check_workdir_spec(str(tmp_path), checkpoints.model_spec(config))
-  manager = checkpoints.checkpoint_manager(str(tmp_path), keep=1)
-  manager.save(1, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({}),
-      teaching=ocp.args.JsonSave({})), metrics={"val_loss": 1.0})
-  manager.wait_until_finished()
-  manager.close()
+  _save_one(tmp_path, config, state, keep=1)
   reads = []
   restore = ocp.CheckpointManager.restore
   monkeypatch.setattr(ocp.CheckpointManager, "restore",
@@ -304,14 +309,7 @@ def test_loading_a_checkpoint_leaves_a_save_in_progress_alone(tmp_path, caplog):
   not delete the temporary folder of the checkpoint being written (a writing manager does)."""
   config = _config()
   model, tx = models.from_config(config), make_optimizer(config)
-  state = init_state(config, model, tx, 0)
-  checkpoints.check_workdir_spec(str(tmp_path), checkpoints.model_spec(config))
-  manager = checkpoints.checkpoint_manager(str(tmp_path), keep=2)
-  manager.save(1, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({}),
-      teaching=ocp.args.JsonSave({})), metrics={"val_loss": 1.0})
-  manager.wait_until_finished()
-  manager.close()
+  _save_one(tmp_path, config, init_state(config, model, tx, 0), keep=2)
   in_progress = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp"
   (in_progress / "state").mkdir(parents=True)
   assert not checkpoints.is_finished(str(tmp_path), config)
