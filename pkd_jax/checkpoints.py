@@ -136,8 +136,8 @@ def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
   return latest is not None and latest >= config.train.steps
 
 
-# Variables loaded by this process (see load_variables): (checkpoint folder, step, its
-# modification time, the model spec) -> variables; the most recently used few are kept.
+# Variables loaded by this process (see load_variables): (checkpoint folder, its modification
+# time, the model spec, the devices) -> variables; the most recently used few are kept.
 _LOADED: collections.OrderedDict[tuple, dict[str, Any]] = collections.OrderedDict()
 LOADED_KEEP = 8  # DGKD's and PKD's four teachers, and the model being scored
 
@@ -176,7 +176,7 @@ def load_variables(workdir: str, config: ml_collections.ConfigDict,
          tuple(d.id for d in mesh.devices.flat))
   if key in _LOADED:
     _LOADED.move_to_end(key)
-    return _LOADED[key]
+    return dict(_LOADED[key])  # the arrays are immutable; the dict is the caller's
   sharding = parallel.replicated(mesh)
   fresh = jax.eval_shape(lambda: init_state(config, model, tx, 0))
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
@@ -192,4 +192,4 @@ def load_variables(workdir: str, config: ml_collections.ConfigDict,
   _LOADED[key] = variables
   while len(_LOADED) > LOADED_KEEP:
     _LOADED.popitem(last=False)
-  return variables
+  return dict(variables)

@@ -12,7 +12,7 @@ from pkd_jax.data.case import TARGET_MAPS
 from pkd_jax.metrics import METRICS
 
 
-@pytest.mark.extended  # about 4 minutes on 2 cores (compiling 102 programs): CI's budget
+@pytest.mark.extended  # 3-4 minutes on 2 cores (compiling 102 programs): CI's budget
 def test_table2_runs_whole_at_test_scale_and_a_rerun_retrains_nothing(tmp_path, monkeypatch):
   runs, out = str(tmp_path / "runs"), str(tmp_path / "out")
   result = table2.run("test", runs, out)
