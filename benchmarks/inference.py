@@ -37,7 +37,7 @@ def main(argv):
   variables = jax.jit(lambda k: model.init(k, x[:1, :32], train=False))(
       jax.random.key(0, impl="rbg"))
   start = time.perf_counter()
-  compiled = inference._predict_batch.lower(  # pylint: disable=protected-access
+  compiled = inference.predict_batch_fn(model).lower(
       variables, x, model=model, window_frames=32, stride=inference.DEFAULT_WINDOW_STRIDE).compile()
   compile_s = time.perf_counter() - start
   jax.block_until_ready(compiled(variables, x))  # warm-up

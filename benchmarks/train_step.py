@@ -114,10 +114,10 @@ def measure(scale: str, steps: int) -> dict:
   batch = {"x": rng.normal(size=(b, p.num_frames, p.height, p.width, 1)).astype(np.float32)}
   for k, top in config.data.map_ranges.items():
     batch[k] = rng.uniform(0, top, size=(b, p.height, p.width)).astype(np.float32)
-  step = functools.partial(train.train_step, model=model, tx=tx, loss_config=loss_config)
+  step = functools.partial(train.train_step_fn(model), model=model, tx=tx, loss_config=loss_config)
   start = time.perf_counter()
-  compiled = train.train_step.lower(state, batch, None, perceptual, model=model, tx=tx,
-                                    loss_config=loss_config).compile()
+  compiled = train.train_step_fn(model).lower(state, batch, None, perceptual, model=model, tx=tx,
+                                              loss_config=loss_config).compile()
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -131,7 +131,8 @@ def measure(scale: str, steps: int) -> dict:
     teacher_state = init_state(config, model, tx, 2)  # `state` was donated to the steps
     teacher_vars = {"params": teacher_state.params, "batch_stats": teacher_state.batch_stats}
     student_config = train.LossConfig(loss_config.weights, loss_config.ranges)
-    kd_step = functools.partial(train.train_step, model=model, tx=tx, loss_config=student_config)
+    kd_step = functools.partial(train.train_step_fn(model), model=model, tx=tx,
+                                loss_config=student_config)
     for key, k in (("pkd_student", 1), ("three_teacher_student", 3)):
       teachers = {"variables": jax.tree.map(lambda a: np.stack([a] * k), teacher_vars),  # pylint: disable=cell-var-from-loop
                   "weights": np.full((k,), 1 / k, np.float32)}
@@ -186,7 +187,7 @@ def measure_peer(steps: int) -> dict:
   rng = np.random.default_rng(0)
   batch = {"x": rng.normal(size=(b, t, s, s, 1)).astype(np.float32)}
   batch.update({k: rng.uniform(size=(b, s, s)).astype(np.float32) for k in TARGET_MAPS})
-  step = functools.partial(train.train_step, model=model, tx=tx, loss_config=loss_config)
+  step = functools.partial(train.train_step_fn(model), model=model, tx=tx, loss_config=loss_config)
   start = time.perf_counter()
   state, metrics = step(state, batch, None, None)
   jax.block_until_ready(metrics)

@@ -19,13 +19,11 @@ needs no tiling.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pkd_jax import parallel
+from pkd_jax import models, parallel, runtime
 from pkd_jax.data import preprocess, temporal
 from pkd_jax.data.case import TARGET_MAPS
 
@@ -64,9 +62,15 @@ def windowed_maps(model, variables, series: jax.Array, window_frames: int,
   return {k: v.reshape(batch, len(starts), *v.shape[1:]).mean(axis=1) for k, v in maps.items()}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "window_frames", "stride"))
-def _predict_batch(variables, series, *, model, window_frames: int, stride: int):
+def _predict(variables, series, *, model, window_frames: int, stride: int):
   return windowed_maps(model, variables, series, window_frames, stride)
+
+
+def predict_batch_fn(model):
+  """The jitted ``(variables, series, *, model, window_frames, stride) -> maps`` of
+  :func:`windowed_maps`, compiled with the model's XLA options (pkd_jax.models.compiler_options)."""
+  return runtime.jit_with_options(_predict, models.compiler_options(model),
+                                  static_argnames=("model", "window_frames", "stride"))
 
 
 def predict(model, variables, inputs: np.ndarray, window_frames: int,
@@ -83,11 +87,12 @@ def predict(model, variables, inputs: np.ndarray, window_frames: int,
   devices = parallel.num_devices(mesh)
   batch_size = -(-batch_size // devices) * devices
   variables = parallel.replicate(mesh, variables)
+  predict_batch = predict_batch_fn(model)
   outputs = []
   for start in range(0, len(inputs), batch_size):
     chunk, size = parallel.pad_batch({"x": inputs[start:start + batch_size]}, batch_size)
     series = parallel.shard_batch(mesh, chunk["x"], global_batch=True)
-    maps = parallel.to_host(_predict_batch(variables, series, model=model,
-                                           window_frames=window_frames, stride=stride))
+    maps = parallel.to_host(predict_batch(variables, series, model=model,
+                                          window_frames=window_frames, stride=stride))
     outputs.append({k: v[:size] for k, v in maps.items()})
   return {k: np.concatenate([o[k] for o in outputs]) for k in TARGET_MAPS}

@@ -1,8 +1,26 @@
-"""Process-wide settings of the command lines (main, predict, the experiments)."""
+"""Process-wide settings of the command lines (main, predict, the experiments), and jitted
+functions compiled with XLA options of their own."""
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Callable
+
+
+def jit_with_options(fun: Callable, options: dict[str, str] | None = None, **jit_kwargs):
+  """``jax.jit(fun, **jit_kwargs)`` compiling with XLA ``options`` ({} or None: XLA's defaults).
+
+  The same jitted object for the same arguments, so each keeps its cache of compiled programs.
+  """
+  return _jit(fun, tuple(sorted((options or {}).items())), tuple(sorted(jit_kwargs.items())))
+
+
+@functools.cache
+def _jit(fun: Callable, options: tuple, jit_kwargs: tuple):
+  import jax  # pylint: disable=import-outside-toplevel  (predict's --help stays fast)
+
+  return jax.jit(fun, compiler_options=dict(options) or None, **dict(jit_kwargs))
 
 
 def enable_compilation_cache() -> None:

@@ -42,6 +42,7 @@ from absl import logging
 from tqdm import tqdm
 
 from pkd_jax import checkpoints, distill, fileio, gan, hooks, inference, losses, models, parallel
+from pkd_jax import runtime
 from pkd_jax.data import pipeline, temporal
 from pkd_jax.data.case import TARGET_MAPS, TMAX_THRESHOLD_S
 from pkd_jax.errors import InputError, TrainingStopped
@@ -154,9 +155,12 @@ def _loss_fn(params, batch_stats, batch, teachers, perceptual, *, model, loss_co
   return loss, (metrics, updates["batch_stats"])
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx", "loss_config"), donate_argnums=0)
-def train_step(state: TrainState, batch, teachers, perceptual, *, model, tx,
-               loss_config: LossConfig):
+_TRAIN_STEP_JIT = dict(static_argnames=("model", "tx", "loss_config"), donate_argnums=0)
+_EVAL_STEP_JIT = dict(static_argnames=("model", "loss_config", "window_frames", "stride"))
+
+
+def _train_step(state: TrainState, batch, teachers, perceptual, *, model, tx,
+                loss_config: LossConfig):
   """One optimiser step.
 
   teachers: None, or {"variables": K frozen teachers' variables stacked on a leading axis,
@@ -174,6 +178,9 @@ def train_step(state: TrainState, batch, teachers, perceptual, *, model, tx,
   return new_state, metrics
 
 
+train_step = runtime.jit_with_options(_train_step, **_TRAIN_STEP_JIT)
+
+
 def make_step(config: ml_collections.ConfigDict, model, tx, loss_config: LossConfig):
   """The step the loop runs, ``step(state, batch, teachers, perceptual) -> (state, metrics)``:
   :func:`train_step`, or with a ``gan`` config section the adversarial step of pkd_jax.gan."""
@@ -181,12 +188,20 @@ def make_step(config: ml_collections.ConfigDict, model, tx, loss_config: LossCon
     return functools.partial(gan.train_step, model=model, tx=tx, loss_config=loss_config,
                              critic=models.critic_from_config(config),
                              adversarial=float(config.gan.adversarial))
-  return functools.partial(train_step, model=model, tx=tx, loss_config=loss_config)
+  return functools.partial(train_step_fn(model), model=model, tx=tx, loss_config=loss_config)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "loss_config", "window_frames", "stride"))
-def eval_step(state: TrainState, batch, perceptual, *, model, loss_config: LossConfig,
-              window_frames: int, stride: int):
+def train_step_fn(model):
+  """:func:`train_step`, compiled with the XLA options of ``model`` if it has any
+  (pkd_jax.models.compiler_options: XLA's own CPU convolutions for wide V-Nets)."""
+  options = models.compiler_options(model)
+  if not options:
+    return train_step
+  return runtime.jit_with_options(_train_step, options, **_TRAIN_STEP_JIT)
+
+
+def _eval_step(state: TrainState, batch, perceptual, *, model, loss_config: LossConfig,
+               window_frames: int, stride: int):
   """Validation sums of one batch of whole slices, predicted by the window rule
   (pkd_jax.inference): per slice the loss terms and each map's MAE and squared error in its own
   units, summed over the real slices (``batch["weight"]`` 1; 0 for the padding that makes a last
@@ -221,6 +236,9 @@ def eval_step(state: TrainState, batch, perceptual, *, model, loss_config: LossC
   return metrics
 
 
+eval_step = runtime.jit_with_options(_eval_step, **_EVAL_STEP_JIT)
+
+
 # The batch axis of each input of the steps where it is not 0: teacher_x is (K, B, T, H, W, 1).
 BATCH_AXES = {"teacher_x": 1}
 
@@ -253,6 +271,8 @@ def evaluate(state, datasets_val, config, model, loss_config, perceptual,
   validation batches (the same on all).
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
+  options = models.compiler_options(model)
+  step = runtime.jit_with_options(_eval_step, options, **_EVAL_STEP_JIT) if options else eval_step
   rows = []
   for i, batch in enumerate(datasets_val):
     if config.train.eval_batches and i >= config.train.eval_batches:
@@ -261,7 +281,7 @@ def evaluate(state, datasets_val, config, model, loss_config, perceptual,
                                                    config.train.factor),
                                       parallel.num_devices(mesh), axes=BATCH_AXES)
     inputs["weight"] = (np.arange(len(inputs["x"])) < size).astype(np.float32)
-    rows.append(eval_step(state, parallel.shard_batch(mesh, inputs, axes=BATCH_AXES,
+    rows.append(step(state, parallel.shard_batch(mesh, inputs, axes=BATCH_AXES,
                                                       global_batch=True),
                           perceptual, model=model, loss_config=loss_config,
                           window_frames=config.data.patch.num_frames,

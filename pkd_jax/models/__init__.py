@@ -34,6 +34,14 @@ def impls_from_config(config) -> dict[str, str]:
                             conv_impl=m.conv_impl)
 
 
+def compiler_options(model: nn.Module) -> dict[str, str]:
+  """XLA compiler options for the programs (train, evaluation, prediction steps) of ``model`` on
+  the default backend; {} for XLA's defaults (pkd_jax.models.vnet.compiler_options)."""
+  if isinstance(model, VNet):
+    return vnet.compiler_options(jax.default_backend(), model.filters)
+  return {}
+
+
 def from_config(config) -> nn.Module:
   """The network of config.model, for inputs of config.data.patch.num_frames frames."""
   m = config.model

@@ -38,8 +38,10 @@ dtype (inputs and kernels are cast to it; BatchNorm statistics are reduced in fl
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import numbers
+import os
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -67,6 +69,35 @@ def resolve_impls(backend: str, **impls: str) -> dict[str, str]:
   """The implementation names with each "auto" replaced by the backend's fastest form."""
   chosen = AUTO_IMPLS.get(backend, PLAIN_IMPLS)
   return {k: chosen[k] if v == "auto" else v for k, v in impls.items()}
+
+
+# XLA compiler options for a V-Net's programs on a CPU. jaxlib 0.10's CPU backend hands large
+# convolutions to YNNPACK; XLA's own convolutions (YNNPACK for the matmul fusions only) ran the
+# train step 1.28x as fast at F = 8 (batch 2, T 32, 64 x 64) and 1.66x at F = 16 (1, 32, 128 x
+# 128), but 1.09x slower at F = 4 (the demo's 2 x 32 x 32 x 32): the compiled variants
+# alternating in one process, 2 cores, 2026-12-03 (README, Benchmarks). The option is experimental
+# in XLA: set only for the jaxlib versions measured ([first, last) (major, minor)), and not at all
+# when $PKD_JAX_XLA_DEFAULTS is "0".
+XLA_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+XLA_CONVOLUTIONS_MIN_FILTERS = 8
+XLA_CONVOLUTIONS_JAXLIB = ((0, 10), (0, 11))
+OPT_OUT = "PKD_JAX_XLA_DEFAULTS"
+
+
+def compiler_options(backend: str, filters: int, jaxlib_version: str | None = None,
+                     environ=None) -> dict[str, str]:
+  """XLA compiler options for the programs of a V-Net of width ``filters`` ({}: XLA's own)."""
+  environ = os.environ if environ is None else environ
+  if backend != "cpu" or filters < XLA_CONVOLUTIONS_MIN_FILTERS or environ.get(OPT_OUT) == "0":
+    return {}
+  if jaxlib_version is None:
+    jaxlib_version = importlib.metadata.version("jaxlib")
+  try:
+    major_minor = tuple(int(p) for p in jaxlib_version.split(".")[:2])
+  except ValueError:
+    return {}
+  first, last = XLA_CONVOLUTIONS_JAXLIB
+  return dict(XLA_CONVOLUTIONS) if first <= major_minor < last else {}
 
 
 # Encoder: width multiples of F and residual stack depths at levels 1..5.
