@@ -271,8 +271,7 @@ def evaluate(state, datasets_val, config, model, loss_config, perceptual,
   validation batches (the same on all).
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
-  options = models.compiler_options(model)
-  step = runtime.jit_with_options(_eval_step, options, **_EVAL_STEP_JIT) if options else eval_step
+  step = runtime.jit_with_options(_eval_step, models.compiler_options(model), **_EVAL_STEP_JIT)
   rows = []
   for i, batch in enumerate(datasets_val):
     if config.train.eval_batches and i >= config.train.eval_batches:
@@ -282,10 +281,10 @@ def evaluate(state, datasets_val, config, model, loss_config, perceptual,
                                       parallel.num_devices(mesh), axes=BATCH_AXES)
     inputs["weight"] = (np.arange(len(inputs["x"])) < size).astype(np.float32)
     rows.append(step(state, parallel.shard_batch(mesh, inputs, axes=BATCH_AXES,
-                                                      global_batch=True),
-                          perceptual, model=model, loss_config=loss_config,
-                          window_frames=config.data.patch.num_frames,
-                          stride=config.data.window_stride))
+                                                 global_batch=True),
+                     perceptual, model=model, loss_config=loss_config,
+                     window_frames=config.data.patch.num_frames,
+                     stride=config.data.window_stride))
   rows = parallel.to_host(rows)
   totals = {k: float(np.sum([r[k] for r in rows], dtype=np.float64)) for k in rows[0]}
   slices = totals.pop("count/slices")

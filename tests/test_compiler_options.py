@@ -63,3 +63,11 @@ def test_a_wide_vnets_train_step_compiles_with_its_options(monkeypatch):
   assert train.train_step_fn(narrow) is train.train_step
   assert train.train_step_fn(wide) is runtime.jit_with_options(
       train._train_step, DOT, **train._TRAIN_STEP_JIT)  # pylint: disable=protected-access
+
+
+def test_the_steps_of_a_model_without_options_are_the_module_level_jitted_ones():
+  narrow = models.get_model("vnet", filters=4, num_frames=16)
+  assert models.compiler_options(narrow) == {}
+  assert train.train_step_fn(narrow) is train.train_step
+  # pylint: disable-next=protected-access
+  assert runtime.jit_with_options(train._eval_step, {}, **train._EVAL_STEP_JIT) is train.eval_step
