@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from pkd_jax import models
+from pkd_jax import models, runtime
 from pkd_jax.data.case import TARGET_MAPS
 
 
@@ -68,13 +68,6 @@ def _jitted_init(model):
   return jax.jit(model.init)
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted_opt_init(tx: optax.GradientTransformation):
-  """tx.init, jit-compiled once per optimiser: run eagerly it compiles a zeros program for every
-  parameter shape (53 in one test-scale experiment)."""
-  return jax.jit(tx.init)
-
-
 def init_state(config, model, tx, seed: int) -> TrainState:
   """A fresh train state. Initialisation draws from JAX's "rbg" generator: threefry's unrolled
   rounds made the jitted init of the V-Net take ~35 s to compile on CPU, rbg ~9 s."""
@@ -83,16 +76,18 @@ def init_state(config, model, tx, seed: int) -> TrainState:
   rng = jax.random.key(seed, impl="rbg")
   variables = _jitted_init(model)(rng, x)
   params = variables["params"]
+  # tx.init jitted once per optimiser: run eagerly it compiles a zeros program for every
+  # parameter shape (53 in one test-scale experiment).
+  opt_init = runtime.jit_with_options(tx.init)
   fields = dict(step=jnp.zeros((), jnp.int32), params=params,
-                batch_stats=variables.get("batch_stats", {}),
-                opt_state=_jitted_opt_init(tx)(params))
+                batch_stats=variables.get("batch_stats", {}), opt_state=opt_init(params))
   if config.get("gan") is None:
     return TrainState(**fields)
   critic = models.critic_from_config(config)
   x = jnp.zeros(critic_input_shape(config), jnp.float32)
   critic_params = _jitted_init(critic)(jax.random.fold_in(rng, 1), x)["params"]
   return GANState(**fields, critic_params=critic_params,
-                  critic_opt_state=_jitted_opt_init(tx)(critic_params))
+                  critic_opt_state=opt_init(critic_params))
 
 
 def critic_input_shape(config) -> tuple[int, int, int, int]:

@@ -195,7 +195,7 @@ def train_step_fn(model):
   """:func:`train_step`, compiled with the XLA options of ``model`` if it has any
   (pkd_jax.models.compiler_options: XLA's own CPU convolutions for wide V-Nets)."""
   options = models.compiler_options(model)
-  if not options:
+  if not options:  # the module-level name, so that replacing train.train_step reaches the loop
     return train_step
   return runtime.jit_with_options(_train_step, options, **_TRAIN_STEP_JIT)
 
