@@ -2,10 +2,11 @@
 teachers, the competitors and the reference rows, on one held-out test set.
 
     python experiments/table2.py --scale=mini [--runs=runs/table2_mini] [--only=PATTERN,...]
+        [--workers=N]
 
 Scales (:data:`SCALES`): "test" (seconds, for the test suite), "mini" (2 CPU cores; about four
 hours in all, measured in the README: resume it over sittings, or share the runs folder between
-processes), "gpu" (the paper's sizes with fewer steps,
+processes, e.g. with --workers), "gpu" (the paper's sizes with fewer steps,
 for one H100-class GPU; not yet run) and "paper" (the paper's sizes and 80,000 iterations).
 
 What it trains (each a "unit" with a folder under RUNS; what is finished is never retrained, an
@@ -46,6 +47,7 @@ import fnmatch
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -224,42 +226,75 @@ class Table2:
   def claim_path(self, unit: Unit) -> str:
     return os.path.join(self.runs, "claims", _flat(unit.name) + ".lock")
 
-  def train(self, units: list[Unit]) -> list[str]:
+  def train(self, units: list[Unit], wait: bool = False, after_each=None,
+            poll_s: float = 5.0, tag: str = "") -> list[str]:
     """Trains the units not finished yet, in order; the names of those left to other processes.
 
     Several processes may share one runs folder (e.g. ``--only=competitors`` beside the full
-    run): each unit is claimed while it trains (RUNS/claims), and a unit another process is
-    training, or whose teachers it is training, is skipped with a line saying so."""
-    skipped = []
-    for i, unit in enumerate(units, 1):
-      head = f"[{i}/{len(units)}] {unit.name} ({unit.method}, 1/{unit.factor})"
-      if self.finished(unit):
-        print(f"{head}: trained", flush=True)
-        continue
-      missing = [u for u in self.units if u.name in unit.needs and not self.finished(u)]
-      busy = [u.name for u in missing if fileio.claim_holder(self.claim_path(u))]
-      if busy:
-        print(f"{head}: skipped, its teachers are being trained by another process "
-              f"({', '.join(busy)}); run again when they are done", flush=True)
-        skipped.append(unit.name)
-        continue
-      if missing:
-        raise ValueError(f"{unit.name} needs the teachers, not all trained yet: "
-                         f"{', '.join(u.name for u in missing)}; train them first "
-                         "(--only=teachers)")
-      with fileio.claim(self.claim_path(unit)) as owner:
-        if owner is None and self.finished(unit):  # finished while we looked
-          print(f"{head}: trained", flush=True)
-        elif owner is None:
-          print(f"{head}: training, {unit.config.train.steps} steps", flush=True)
-          unit.train()
-        else:
-          print(f"{head}: skipped, being trained by {owner}", flush=True)
+    run, or the workers of ``--workers``): each unit is claimed while it trains (RUNS/claims).
+    A unit another process is training, or whose teachers it is training, is skipped with a line
+    saying so; with ``wait`` it is waited for instead: the first unit that can start does, and
+    when none can the process sleeps ``poll_s`` seconds and looks again, until every unit is
+    finished. ``after_each(unit)`` runs after each unit this process trained (a worker scores
+    it); ``tag`` starts each progress line (the worker's name)."""
+    pending, skipped, said = list(units), [], set()
+    while pending:
+      started = False
+      for unit in list(pending):
+        head = (f"{tag}[{self.units.index(unit) + 1}/{len(self.units)}] {unit.name} "
+                f"({unit.method}, 1/{unit.factor})")
+        state = self._attempt(unit, head, pending if wait else [])
+        if state in ("finished", "trained"):
+          pending.remove(unit)
+          if state == "trained" and after_each is not None:
+            after_each(unit)
+          if state == "trained" and wait:
+            started = True
+            break  # look again from the top: units earlier in the plan may be free now
+          continue
+        if not wait:  # state is "busy: ..."
+          print(f"{head}: skipped, {state[6:]}", flush=True)
           skipped.append(unit.name)
+          pending.remove(unit)
+        elif (unit.name, state) not in said:
+          print(f"{head}: waiting, {state[6:]}", flush=True)
+          said.add((unit.name, state))
+      if wait and pending and not started:
+        time.sleep(poll_s)
     if skipped:
       print(f"{len(skipped)} unit(s) left to other processes: {', '.join(skipped)}; the report "
             "covers what is finished", flush=True)
     return skipped
+
+  def _attempt(self, unit: Unit, head: str, pending: list[Unit]) -> str:
+    """Trains unit unless it is finished or busy: "finished", "trained" or "busy: why".
+
+    A teacher the unit needs that is neither finished nor claimed is an error, unless it is in
+    ``pending`` (a waiting process's own list: it will train it, or another process is about to
+    claim it)."""
+    if self.finished(unit):
+      print(f"{head}: trained", flush=True)
+      return "finished"
+    missing = [u for u in self.units if u.name in unit.needs and not self.finished(u)]
+    busy = [u.name for u in missing if fileio.claim_holder(self.claim_path(u))]
+    if busy:
+      return (f"busy: its teachers are being trained by another process ({', '.join(busy)}); "
+              "run again when they are done")
+    if any(u in pending for u in missing):
+      return f"busy: its teachers are not trained yet ({', '.join(u.name for u in missing)})"
+    if missing:
+      raise ValueError(f"{unit.name} needs the teachers, not all trained yet: "
+                       f"{', '.join(u.name for u in missing)}; train them first "
+                       "(--only=teachers)")
+    with fileio.claim(self.claim_path(unit)) as owner:
+      if owner is None and self.finished(unit):  # finished while we looked
+        print(f"{head}: trained", flush=True)
+        return "finished"
+      if owner is None:
+        print(f"{head}: training, {unit.config.train.steps} steps", flush=True)
+        unit.train()
+        return "trained"
+      return f"busy: being trained by {owner}"
 
   def score_path(self, unit: Unit) -> str:
     return os.path.join(self.runs, "scores", _flat(unit.name) + ".json")
@@ -565,14 +600,73 @@ _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "resul
 _ONLY = flags.DEFINE_list("only", [], "train only these units (names or fnmatch patterns, e.g. "
                           "teachers, 'students/pkd_*'); the report covers all that is trained")
 _REPORT = flags.DEFINE_boolean("report", True, "score what is trained and write the table")
+_WORKERS = flags.DEFINE_integer(
+    "workers", 1, "training processes, each pinned to its share of this process's CPU cores "
+    "(2 on 2 cores: about 1.1x the training steps per second of one process at the mini scale; "
+    "README); a worker waits for the teachers another is training and scores what it trains")
+_WORKER_CORES = flags.DEFINE_list("worker_cores", [], "(set by --workers) this worker's cores")
+_WORKER_NAME = flags.DEFINE_string("worker_name", "", "(set by --workers) this worker's name")
+
+
+def worker_cores(workers: int, cores=None) -> list[list[int]]:
+  """This process's CPU cores (or ``cores``) split into ``workers`` groups, as even as can be."""
+  cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
+  if not 1 <= workers <= len(cores):
+    raise ValueError(f"--workers={workers}: this process may use {len(cores)} CPU core(s); "
+                     f"give 1 to {len(cores)}")
+  return [[int(c) for c in group] for group in np.array_split(cores, workers)]
+
+
+def run_workers(scale: str, runs: str, out: str, only: list[str] | None, workers: int) -> None:
+  """Trains the selected units with ``workers`` processes of this script, each pinned to its
+  share of the cores (:func:`worker_cores`) and waiting for the teachers another trains
+  (:meth:`Table2.train` with ``wait``); RuntimeError naming the workers that failed."""
+  groups = worker_cores(workers)
+  procs = []
+  try:
+    for i, cores in enumerate(groups):
+      command = [sys.executable, os.path.abspath(__file__), f"--scale={scale}", f"--runs={runs}",
+                 f"--out={out}", "--noreport", f"--worker_cores={','.join(map(str, cores))}",
+                 f"--worker_name=w{i}"] + ([f"--only={','.join(only)}"] if only else [])
+      print(f"worker w{i} on core(s) {', '.join(map(str, cores))}", flush=True)
+      procs.append(subprocess.Popen(command))
+    codes = [p.wait() for p in procs]
+  finally:
+    for p in procs:  # on an interruption or error here, no worker is left behind
+      if p.poll() is None:
+        p.terminate()
+        p.wait()
+  failed = [f"w{i} (exit {code})" for i, code in enumerate(codes) if code]
+  if failed:
+    raise RuntimeError(f"worker(s) {', '.join(failed)} failed (their output is above); what "
+                       f"finished stays trained: run the same command again to resume")
+
+
+def work(scale: str, runs: str, out: str, only: list[str] | None, name: str) -> None:
+  """One worker of :func:`run_workers`: trains what it can, waiting for teachers others train,
+  and scores each unit it trained (the scores are cached in RUNS/scores for the report)."""
+  table = Table2(scale, runs, out)
+  records = []
+
+  def score(unit: Unit) -> None:
+    if not records:
+      records.append(evaluate.split_records(table.base_config(), "test"))
+    table.score([unit], records[0])
+
+  table.train(table.select(only), wait=True, after_each=score, tag=f"{name} ")
 
 
 def run(scale: str, runs: str, out: str, only: list[str] | None = None,
-        write_report: bool = True) -> dict | None:
-  """Trains what is selected and not yet trained, then (write_report) scores and reports."""
+        write_report: bool = True, workers: int = 1) -> dict | None:
+  """Trains what is selected and not yet trained (in ``workers`` processes when above 1, see
+  :func:`run_workers`), then (write_report) scores and reports."""
   start = time.perf_counter()
   table = Table2(scale, runs, out)
-  table.train(table.select(only))
+  if workers > 1:
+    table.select(only)  # a pattern that matches nothing fails here, not in every worker
+    run_workers(scale, runs, out, only, workers)
+  else:
+    table.train(table.select(only))
   train_s = time.perf_counter() - start
   if not write_report:
     return None
@@ -599,7 +693,8 @@ def run(scale: str, runs: str, out: str, only: list[str] | None = None,
   result = dict(
       command=" ".join(["python"] + sys.argv), date=datetime.date.today().isoformat(),
       machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-      scale=scale, scale_settings=dataclasses.asdict(table.scale), num_seeds=num_seeds,
+      scale=scale, scale_settings=dataclasses.asdict(table.scale), workers=workers,
+      num_seeds=num_seeds,
       num_test_cases=num_cases, units_trained=trained, units_planned=len(table.units),
       wall_s=dict(this_call_train=round(train_s, 1),
                   this_call_total=round(time.perf_counter() - start, 1),
@@ -614,11 +709,16 @@ def run(scale: str, runs: str, out: str, only: list[str] | None = None,
 
 def main(argv):
   del argv
+  if _WORKER_CORES.value:  # before JAX sizes its thread pool by the cores this process may use
+    os.sched_setaffinity(0, [int(c) for c in _WORKER_CORES.value])
   runtime.enable_compilation_cache()
   verbosity = flags.FLAGS["verbosity"]  # absl's own flag: --verbosity=0 shows library INFO lines
   runtime.set_library_logging(verbosity.value if verbosity.present else None)
   runs = _RUNS.value or os.path.join("runs", f"table2_{_SCALE.value}")
-  run(_SCALE.value, runs, _OUT.value, _ONLY.value, _REPORT.value)
+  if _WORKER_CORES.value:
+    work(_SCALE.value, runs, _OUT.value, _ONLY.value, _WORKER_NAME.value)
+  else:
+    run(_SCALE.value, runs, _OUT.value, _ONLY.value, _REPORT.value, _WORKERS.value)
 
 
 if __name__ == "__main__":

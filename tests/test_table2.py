@@ -2,6 +2,8 @@
 that retrains nothing."""
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,10 +14,14 @@ from pkd_jax.data.case import TARGET_MAPS
 from pkd_jax.metrics import METRICS
 
 
-@pytest.mark.extended  # 3-4 minutes on 2 cores (compiling 102 programs): CI's budget
+@pytest.mark.extended  # 4-5 minutes on 2 cores (compiling ~100 programs): CI's budget
 def test_table2_runs_whole_at_test_scale_and_a_rerun_retrains_nothing(tmp_path, monkeypatch):
+  """The first run trains in two worker processes (--workers=2: each pinned to a core, scoring
+  what it trains); the rerun, in this process, finds everything trained and scored."""
   runs, out = str(tmp_path / "runs"), str(tmp_path / "out")
-  result = table2.run("test", runs, out)
+  workers = min(2, len(table2.worker_cores(1)[0]))
+  result = table2.run("test", runs, out, workers=workers)
+  assert result["workers"] == workers
   rows = {(r["method"], r["factor"]): r for r in result["rows"]}
   expected = {(m, 16) for m in ("w/o PKD", "KD", "TAKD", "MTKD", "DGKD", "PKD",
                                 "UniToBrain", "UNET-GAN-Assisted")}
@@ -149,3 +155,48 @@ def test_units_another_process_trains_are_skipped_with_their_students(tmp_path, 
   assert "teachers/x8 (teacher x8, 1/8): skipped, being trained by pid" in out
   assert "its teachers are being trained by another process (teachers/x8)" in out
   assert not any((tmp_path / "runs" / "claims").iterdir())  # every claim released
+
+
+def test_a_waiting_worker_trains_what_is_free_then_the_students_of_a_teacher_another_trained(
+    tmp_path, capsys):
+  """--workers' wait mode: with teachers/x8 claimed by "another worker", the unit without
+  teachers trains at once, then the process waits; when x8 is finished and released, x8's
+  students train (and each unit this process trained is handed to after_each)."""
+  table = table2.Table2("test", str(tmp_path / "runs"), str(tmp_path / "out"))
+  done, trained, handed = set(), [], []
+  for unit in table.units:
+    unit.train = lambda name=unit.name: (trained.append(name), done.add(name))
+  table.finished = lambda unit: unit.name in done
+  done.update(u.name for u in table.select(["teachers/x4", "teachers/x2", "teachers/x1"]))
+  x8 = table.select(["teachers/x8"])[0]
+  selected = table.select(["teachers/x8", "students/pkd_x16_seed0", "students/none_x8_seed0"])
+  other = threading.Event()
+
+  def other_worker():
+    with fileio.claim(table.claim_path(x8)) as owner:  # a live pid (ours): "another process"
+      assert owner is None
+      other.set()
+      time.sleep(0.5)
+      done.add(x8.name)
+
+  thread = threading.Thread(target=other_worker)
+  thread.start()
+  other.wait()
+  skipped = table.train(selected, wait=True, after_each=lambda u: handed.append(u.name),
+                        poll_s=0.05, tag="w1 ")
+  thread.join()
+  assert skipped == []
+  assert trained == ["students/none_x8_seed0", "students/pkd_x16_seed0"]  # none first: free
+  assert handed == trained
+  out = capsys.readouterr().out
+  assert "w1 [1/17] teachers/x8 (teacher x8, 1/8): waiting, being trained by pid" in out
+  assert "students/pkd_x16_seed0 (PKD, 1/16): waiting, its teachers are being trained" in out
+  assert out.count("students/pkd_x16_seed0 (PKD, 1/16): waiting") == 1  # said once, not per poll
+
+
+def test_workers_split_the_cores_and_cannot_outnumber_them():
+  assert table2.worker_cores(2, [0, 1]) == [[0], [1]]
+  assert table2.worker_cores(3, range(8)) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+  assert table2.worker_cores(1, [5, 3]) == [[3, 5]]
+  with pytest.raises(ValueError, match="--workers=3: this process may use 2 CPU core"):
+    table2.worker_cores(3, [0, 1])
