@@ -245,6 +245,8 @@ class Table2:
                 f"({unit.method}, 1/{unit.factor})")
         state = self._attempt(unit, head, pending if wait else [])
         if state in ("finished", "trained"):
+          if state == "finished":
+            print(f"{head}: trained", flush=True)
           pending.remove(unit)
           if state == "trained" and after_each is not None:
             after_each(unit)
@@ -273,7 +275,6 @@ class Table2:
     ``pending`` (a waiting process's own list: it will train it, or another process is about to
     claim it)."""
     if self.finished(unit):
-      print(f"{head}: trained", flush=True)
       return "finished"
     missing = [u for u in self.units if u.name in unit.needs and not self.finished(u)]
     busy = [u.name for u in missing if fileio.claim_holder(self.claim_path(u))]
@@ -288,7 +289,6 @@ class Table2:
                        "(--only=teachers)")
     with fileio.claim(self.claim_path(unit)) as owner:
       if owner is None and self.finished(unit):  # finished while we looked
-        print(f"{head}: trained", flush=True)
         return "finished"
       if owner is None:
         print(f"{head}: training, {unit.config.train.steps} steps", flush=True)
@@ -662,7 +662,7 @@ def run(scale: str, runs: str, out: str, only: list[str] | None = None,
   :func:`run_workers`), then (write_report) scores and reports."""
   start = time.perf_counter()
   table = Table2(scale, runs, out)
-  if workers > 1:
+  if workers != 1:
     table.select(only)  # a pattern that matches nothing fails here, not in every worker
     run_workers(scale, runs, out, only, workers)
   else:

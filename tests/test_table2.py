@@ -200,3 +200,5 @@ def test_workers_split_the_cores_and_cannot_outnumber_them():
   assert table2.worker_cores(1, [5, 3]) == [[3, 5]]
   with pytest.raises(ValueError, match="--workers=3: this process may use 2 CPU core"):
     table2.worker_cores(3, [0, 1])
+  with pytest.raises(ValueError, match="--workers=0: .*give 1 to 2"):
+    table2.worker_cores(0, [0, 1])
