@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -83,30 +84,31 @@ def save_figure(fig, path: os.PathLike | str, dpi: int = 80) -> str:
   return str(path)
 
 
-def _alive(pid: int) -> bool:
+def _describe(text: str, path: pathlib.Path) -> tuple[str, bool]:
+  """A claim file's holder, "pid N on HOST", and whether HOST is another machine."""
   try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # another user's process
-    return True
-  return True
+    owner = json.loads(text)
+    pid, host = int(owner["pid"]), str(owner["host"])
+  except (ValueError, KeyError, TypeError):
+    return f"another process ({path})", False  # being written this instant, or garbled
+  return f"pid {pid} on {host}", host != socket.gethostname()
 
 
 def claim_holder(path: os.PathLike | str) -> str | None:
   """Who holds the claim (see :func:`claim`) at `path`, "pid N on HOST"; None when nobody does:
-  no file, or one left by a process of this host that is no longer running (stale)."""
+  no file, or one that no process locks any more (stale: its process has exited)."""
   path = pathlib.Path(path)
   try:
-    owner = json.loads(path.read_text())
-    pid, host = int(owner["pid"]), str(owner["host"])
+    f = open(path, encoding="utf-8")  # pylint: disable=consider-using-with
   except FileNotFoundError:
     return None
-  except (OSError, ValueError, KeyError, TypeError):
-    return f"another process ({path})"  # being written this instant, or garbled: respected
-  if host == socket.gethostname() and not _alive(pid):
-    return None
-  return f"pid {pid} on {host}"
+  with f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:  # a live claimant holds its lock
+      return _describe(f.read(), path)[0]
+    holder, foreign = _describe(f.read(), path)
+    return holder if foreign else None  # another host's lock is not seen here: respected
 
 
 @contextlib.contextmanager
@@ -114,27 +116,43 @@ def claim(path: os.PathLike | str) -> Iterator[str | None]:
   """A lock file at `path` for the block: yields None when this process holds it, else who does
   (:func:`claim_holder`), and then the caller should leave the work alone.
 
-  The file is created exclusively (O_EXCL) and removed when the block ends. A stale claim (its
-  process, on this host, is gone) is taken over; one from another host is always respected
-  (remove the file by hand if that host died).
+  The claimant holds an exclusive ``flock`` on the file for the block (released by the system
+  when its process ends, however it ends) and writes its pid and host into it; the file is
+  removed when the block ends. A file nobody locks (left by a process that has exited) is taken
+  over, with no window in which two processes can both take it; one naming another host is
+  always respected (remove the file by hand if that host died).
   """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  for _ in range(2):
+  while True:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+    f = os.fdopen(fd, "r+", encoding="utf-8")
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    except FileExistsError:
-      holder = claim_holder(path)
-      if holder is None:
-        path.unlink(missing_ok=True)
-        continue
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _describe(f.read(), path)[0]
+      f.close()
       yield holder
       return
-    with os.fdopen(fd, "w") as f:
-      json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+    try:
+      same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if not same:  # locked a file its holder removed as we opened it: look again
+      f.close()
+      continue
+    holder, foreign = _describe(f.read(), path)
+    if foreign:
+      f.close()
+      yield holder
+      return
+    break
+  with f:
+    f.seek(0)
+    f.truncate()
+    json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+    f.flush()
     try:
       yield None
     finally:
-      path.unlink(missing_ok=True)
-    return
-  yield f"another process ({path})"  # the stale claim was taken over by another meanwhile
+      path.unlink(missing_ok=True)  # before the lock goes, so no one takes a removed file

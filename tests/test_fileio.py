@@ -28,21 +28,53 @@ def test_a_claim_is_exclusive_stale_ones_are_taken_over_foreign_ones_respected(t
     assert owner is None and json.loads(path.read_text())["pid"] == os.getpid()
   assert not path.exists()
 
-  # One from another host, or a file being written (not JSON yet), is respected.
+  # One from another host is respected; an empty one nobody locks (its writer died) is not.
   path.write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+  assert fileio.claim_holder(path) == "pid 1 on elsewhere"
   with fileio.claim(path) as owner:
     assert owner == "pid 1 on elsewhere"
   path.write_text("")
+  assert fileio.claim_holder(path) is None
   with fileio.claim(path) as owner:
-    assert owner is not None and str(path) in owner
-  assert path.exists()
+    assert owner is None
+  assert not path.exists()
 
 
-def test_the_claim_is_released_when_the_work_fails(tmp_path):
-  path = tmp_path / "unit.lock"
-  try:
-    with fileio.claim(path):
-      raise KeyboardInterrupt
-  except KeyboardInterrupt:
-    pass
+_HOLD = """
+import os, sys, time
+from pkd_jax import fileio
+path, go, release = sys.argv[1:4]
+while not os.path.exists(go):  # start together
+  time.sleep(0.001)
+with fileio.claim(path) as owner:
+  print("won" if owner is None else "lost", flush=True)
+  while owner is None and not os.path.exists(release):  # the winner holds until released
+    time.sleep(0.01)
+"""
+
+
+def test_a_killed_holder_frees_its_claim_and_racers_for_a_stale_one_get_one_winner(tmp_path):
+  """The claim is an flock: a holder killed outright (no clean-up) leaves its file but not its
+  lock, and of several processes racing for a stale claim exactly one takes it."""
+  path, go, release = tmp_path / "unit.lock", tmp_path / "go", tmp_path / "release"
+  go.touch()
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), str(go), str(release)],
+                            text=True, stdout=subprocess.PIPE)
+  assert holder.stdout.readline().strip() == "won"
+  assert fileio.claim_holder(path) == f"pid {holder.pid} on {socket.gethostname()}"
+  with fileio.claim(path) as owner:
+    assert owner == f"pid {holder.pid} on {socket.gethostname()}"
+  holder.kill()
+  holder.wait()
+  assert path.exists() and fileio.claim_holder(path) is None  # stale: file left, lock gone
+
+  go.unlink()
+  racers = [subprocess.Popen([sys.executable, "-c", _HOLD, str(path), str(go), str(release)],
+                             text=True, stdout=subprocess.PIPE) for _ in range(4)]
+  go.touch()
+  results = sorted(r.stdout.readline().strip() for r in racers)
+  release.touch()
+  for r in racers:
+    r.wait()
+  assert results == ["lost"] * 3 + ["won"], results
   assert not path.exists()
