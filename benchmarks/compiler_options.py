@@ -6,7 +6,7 @@
 For each shape ("demo": the demo's teacher step, its loss included; "B,T,S,F": the peer-comparable
 step of benchmarks/train_step.py) the same lowered step is compiled twice in one process: with
 XLA's defaults and with pkd_jax.models.vnet.XLA_CONVOLUTIONS (XLA's own convolutions, YNNPACK for
-the matmuls only). The two run alternately, step by step, so a shared, noisy machine slows both
+the matmuls and reductions only). The two run alternately, step by step, so a shared, noisy machine slows both
 alike; the JSON holds each one's step times, medians, compile times and the ratio
 default / options (above 1: the options are faster). pkd_jax.models.vnet sets the options only
 for V-Nets of width >= XLA_CONVOLUTIONS_MIN_FILTERS on a CPU, from these figures.

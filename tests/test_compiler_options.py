@@ -12,7 +12,8 @@ import pytest
 from pkd_jax import models, runtime, train
 from pkd_jax.models import vnet
 
-DOT = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+DOT = {"xla_cpu_experimental_ynn_fusion_type":
+       "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def test_wide_vnets_on_a_cpu_get_xla_convolutions_for_the_measured_jaxlib_only():
@@ -44,6 +45,7 @@ def _installed_jaxlib_measured() -> bool:
 
 @pytest.mark.skipif(not _installed_jaxlib_measured(), reason="options only for the measured jaxlib")
 def test_the_options_move_convolutions_from_ynnpack_to_xla_and_keep_the_numbers():
+  """Convolutions leave YNNPACK, reductions stay, and the numbers are the same."""
   conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
       x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   rng = np.random.default_rng(0)
@@ -53,6 +55,10 @@ def test_the_options_move_convolutions_from_ynnpack_to_xla_and_keep_the_numbers(
   assert "__ynn_fusion" in default.lower(x, k).compile().as_text()  # this jaxlib's default
   assert "__ynn_fusion" not in ours.lower(x, k).compile().as_text()
   np.testing.assert_allclose(ours(x, k), default(x, k), rtol=1e-4, atol=1e-3)
+  # Reductions (BatchNorm's statistics and their gradients) stay with YNNPACK.
+  total = runtime.jit_with_options(lambda x: jnp.sum(x, axis=(0, 1, 2)), DOT)
+  assert "__ynn_fusion" in total.lower(x).compile().as_text()
+  np.testing.assert_allclose(total(x), x.sum(axis=(0, 1, 2), dtype=np.float64), rtol=1e-5)
 
 
 def test_a_wide_vnets_train_step_compiles_with_its_options(monkeypatch):

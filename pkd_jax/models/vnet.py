@@ -72,13 +72,15 @@ def resolve_impls(backend: str, **impls: str) -> dict[str, str]:
 
 
 # XLA compiler options for a V-Net's programs on a CPU. jaxlib 0.10's CPU backend hands large
-# convolutions to YNNPACK; XLA's own convolutions (YNNPACK for the matmul fusions only) ran the
-# train step 1.51-1.66x as fast at F = 16 (batch 1, T 32, 128 x 128), 0.98-1.28x at F = 8 (2, 32,
-# 64 x 64) and 0.89-0.91x (slower) at F = 4 (the demo's 2 x 32 x 32 x 32): the two compiled
-# variants alternating in one process (benchmarks/compiler_options.py), 2 cores, 2026-12-03
-# (README, Benchmarks). The option is experimental in XLA: set only for the jaxlib versions
-# measured ([first, last) (major, minor)), and not at all when $PKD_JAX_XLA_DEFAULTS is "0".
-XLA_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+# convolutions to YNNPACK; XLA's own convolutions, with YNNPACK for the matmul and reduction
+# fusions only, ran the train step faster at F = 16 (batch 1, T 32, 128 x 128) and at F = 8 (2,
+# 32, 64 x 64), and no faster at F = 4 (the demo's 2 x 32 x 32 x 32): the compiled variants
+# alternating in one process (benchmarks/compiler_options.py), 2 cores, 2026-12-03 (README,
+# Benchmarks; the reductions, BatchNorm's statistics and gradients mostly, left to XLA cost the
+# F = 8 step 15%). The option is experimental in XLA: set only for the jaxlib versions measured
+# ([first, last) (major, minor)), and not at all when $PKD_JAX_XLA_DEFAULTS is "0".
+XLA_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                    "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 XLA_CONVOLUTIONS_MIN_FILTERS = 8
 XLA_CONVOLUTIONS_JAXLIB = ((0, 10), (0, 11))
 OPT_OUT = "PKD_JAX_XLA_DEFAULTS"
