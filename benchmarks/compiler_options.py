@@ -1,7 +1,7 @@
 """Benchmark: a V-Net's train step compiled with and without pkd-jax's XLA options, alternating.
 
     python benchmarks/compiler_options.py [--shapes "demo;2,32,64,8;1,32,128,16"] [--rounds 8]
-        [--out benchmarks/results/compiler_options.json]
+        [--json benchmarks/results/compiler_options.json]
 
 For each shape ("demo": the demo's teacher step, its loss included; "B,T,S,F": the peer-comparable
 step of benchmarks/train_step.py) the same lowered step is compiled twice in one process: with
