@@ -74,7 +74,7 @@ def resolve_impls(backend: str, **impls: str) -> dict[str, str]:
 # XLA compiler options for a V-Net's programs on a CPU. jaxlib 0.10's CPU backend hands large
 # convolutions to YNNPACK; XLA's own convolutions, with YNNPACK for the matmul and reduction
 # fusions only, ran the train step faster at F = 16 (batch 1, T 32, 128 x 128) and at F = 8 (2,
-# 32, 64 x 64), and no faster at F = 4 (the demo's 2 x 32 x 32 x 32): the compiled variants
+# 32, 64 x 64), and slower (0.89-0.90x) at F = 4 (the demo's 2 x 32 x 32 x 32): the variants
 # alternating in one process (benchmarks/compiler_options.py), 2 cores, 2026-12-03 (README,
 # Benchmarks; the reductions, BatchNorm's statistics and gradients mostly, left to XLA cost the
 # F = 8 step 15%). The option is experimental in XLA: set only for the jaxlib versions measured
