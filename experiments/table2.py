@@ -243,7 +243,7 @@ class Table2:
       for unit in list(pending):
         head = (f"{tag}[{self.units.index(unit) + 1}/{len(self.units)}] {unit.name} "
                 f"({unit.method}, 1/{unit.factor})")
-        state = self._attempt(unit, head, pending if wait else [])
+        state, why = self._attempt(unit, head, pending if wait else [])
         if state in ("finished", "trained"):
           if state == "finished":
             print(f"{head}: trained", flush=True)
@@ -254,13 +254,13 @@ class Table2:
             started = True
             break  # look again from the top: units earlier in the plan may be free now
           continue
-        if not wait:  # state is "busy: ..."
-          print(f"{head}: skipped, {state[6:]}", flush=True)
+        if not wait:  # busy
+          print(f"{head}: skipped, {why}", flush=True)
           skipped.append(unit.name)
           pending.remove(unit)
-        elif (unit.name, state) not in said:
-          print(f"{head}: waiting, {state[6:]}", flush=True)
-          said.add((unit.name, state))
+        elif (unit.name, why) not in said:
+          print(f"{head}: waiting, {why}", flush=True)
+          said.add((unit.name, why))
       if wait and pending and not started:
         time.sleep(poll_s)
     if skipped:
@@ -268,33 +268,33 @@ class Table2:
             "covers what is finished", flush=True)
     return skipped
 
-  def _attempt(self, unit: Unit, head: str, pending: list[Unit]) -> str:
-    """Trains unit unless it is finished or busy: "finished", "trained" or "busy: why".
+  def _attempt(self, unit: Unit, head: str, pending: list[Unit]) -> tuple[str, str]:
+    """Trains unit unless it is finished or busy: ("finished" | "trained" | "busy", why busy).
 
     A teacher the unit needs that is neither finished nor claimed is an error, unless it is in
     ``pending`` (a waiting process's own list: it will train it, or another process is about to
     claim it)."""
     if self.finished(unit):
-      return "finished"
+      return "finished", ""
     missing = [u for u in self.units if u.name in unit.needs and not self.finished(u)]
     busy = [u.name for u in missing if fileio.claim_holder(self.claim_path(u))]
     if busy:
-      return (f"busy: its teachers are being trained by another process ({', '.join(busy)}); "
-              "run again when they are done")
+      return "busy", (f"its teachers are being trained by another process ({', '.join(busy)}); "
+                      "run again when they are done")
     if any(u in pending for u in missing):
-      return f"busy: its teachers are not trained yet ({', '.join(u.name for u in missing)})"
+      return "busy", f"its teachers are not trained yet ({', '.join(u.name for u in missing)})"
     if missing:
       raise ValueError(f"{unit.name} needs the teachers, not all trained yet: "
                        f"{', '.join(u.name for u in missing)}; train them first "
                        "(--only=teachers)")
     with fileio.claim(self.claim_path(unit)) as owner:
       if owner is None and self.finished(unit):  # finished while we looked
-        return "finished"
+        return "finished", ""
       if owner is None:
         print(f"{head}: training, {unit.config.train.steps} steps", flush=True)
         unit.train()
-        return "trained"
-      return f"busy: being trained by {owner}"
+        return "trained", ""
+      return "busy", f"being trained by {owner}"
 
   def score_path(self, unit: Unit) -> str:
     return os.path.join(self.runs, "scores", _flat(unit.name) + ".json")
