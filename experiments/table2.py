@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import fnmatch
+import functools
 import json
 import os
 import platform
@@ -239,30 +240,29 @@ class Table2:
     it); ``tag`` starts each progress line (the worker's name)."""
     pending, skipped, said = list(units), [], set()
     while pending:
-      started = False
       for unit in list(pending):
         head = (f"{tag}[{self.units.index(unit) + 1}/{len(self.units)}] {unit.name} "
                 f"({unit.method}, 1/{unit.factor})")
         state, why = self._attempt(unit, head, pending if wait else [])
-        if state in ("finished", "trained"):
+        if state != "busy":
           if state == "finished":
             print(f"{head}: trained", flush=True)
           pending.remove(unit)
-          if state == "trained" and after_each is not None:
-            after_each(unit)
-          if state == "trained" and wait:
-            started = True
-            break  # look again from the top: units earlier in the plan may be free now
-          continue
-        if not wait:  # busy
+          if state == "trained":
+            if after_each is not None:
+              after_each(unit)
+            if wait:
+              break  # look again from the top: units earlier in the plan may be free now
+        elif not wait:
           print(f"{head}: skipped, {why}", flush=True)
           skipped.append(unit.name)
           pending.remove(unit)
         elif (unit.name, why) not in said:
           print(f"{head}: waiting, {why}", flush=True)
           said.add((unit.name, why))
-      if wait and pending and not started:
-        time.sleep(poll_s)
+      else:  # a whole pass without training: wait for the others (without wait, nothing is left)
+        if pending:
+          time.sleep(poll_s)
     if skipped:
       print(f"{len(skipped)} unit(s) left to other processes: {', '.join(skipped)}; the report "
             "covers what is finished", flush=True)
@@ -646,14 +646,9 @@ def work(scale: str, runs: str, out: str, only: list[str] | None, name: str) -> 
   """One worker of :func:`run_workers`: trains what it can, waiting for teachers others train,
   and scores each unit it trained (the scores are cached in RUNS/scores for the report)."""
   table = Table2(scale, runs, out)
-  records = []
-
-  def score(unit: Unit) -> None:
-    if not records:
-      records.append(evaluate.split_records(table.base_config(), "test"))
-    table.score([unit], records[0])
-
-  table.train(table.select(only), wait=True, after_each=score, tag=f"{name} ")
+  records = functools.cache(lambda: evaluate.split_records(table.base_config(), "test"))
+  table.train(table.select(only), wait=True, tag=f"{name} ",
+              after_each=lambda unit: table.score([unit], records()))
 
 
 def run(scale: str, runs: str, out: str, only: list[str] | None = None,
