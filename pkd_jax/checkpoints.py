@@ -108,6 +108,21 @@ class _ReadOnlyNotices:  # pylint: disable=too-few-public-methods
     return not str(record.getMessage()).startswith(self.NOTICES)
 
 
+def save(manager: ocp.CheckpointManager, step: int, state: TrainState, data_state: dict,
+         teaching_state: dict, val_loss: float) -> None:
+  """Starts writing checkpoint ``step`` (orbax finishes it in the background): the train state,
+  the input iterator's state and the loop's hooks' (:func:`restore_latest` reads them back),
+  ranked by ``val_loss``.
+
+  The state goes as host copies: orbax writes those faster than the same state's device arrays
+  (benchmarks/checkpoint_save.py, 2 CPU cores, 2026-12-03: 0.54 s against 1.34 s for a test-scale
+  teacher's 870 arrays, 1.42 s against 1.72 s for the paper-size one, the copy included).
+  """
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(parallel.to_host(state)), data=ocp.args.JsonSave(data_state),
+      teaching=ocp.args.JsonSave(teaching_state)), metrics={"val_loss": float(val_loss)})
+
+
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState, data_iterator,
                    hooks: Any = None):
   """Restores the latest checkpoint onto state's structure, the input iterator and the loop's

@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
@@ -429,10 +428,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         val = evaluate(state, val_data, config, model, loss_config, perceptual, mesh)
         for k, v in val.items():
           writer.add_scalar(f"validation/{k}", v, done)
-        manager.save(done, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(iterator.get_state()),
-            teaching=ocp.args.JsonSave(hook.state_dict())),
-            metrics={"val_loss": val["loss"]})
+        checkpoints.save(manager, done, state, iterator.get_state(), hook.state_dict(),
+                         val["loss"])
         last_good = done
         _append_history(workdir, done, val)
         bar.write(f"step {done}: validation loss {val['loss']:.4f}, Tmax RMSE "

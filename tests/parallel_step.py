@@ -38,7 +38,6 @@ import grain  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
 
 from configs import student as student_config  # noqa: E402
 from configs import teacher as teacher_config  # noqa: E402
@@ -95,9 +94,7 @@ def _step(config, batch, teachers, mesh, checkpoint_dir=None):
   if checkpoint_dir is not None:
     checkpoints.check_workdir_spec(checkpoint_dir, checkpoints.model_spec(config))
     manager = checkpoints.checkpoint_manager(checkpoint_dir, 1)
-    manager.save(1, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(new_state), data=ocp.args.JsonSave({}),
-        teaching=ocp.args.JsonSave({})), metrics={"val_loss": 1.0})
+    checkpoints.save(manager, 1, new_state, {}, {}, val_loss=1.0)
     manager.wait_until_finished()
   replicated = all(x.sharding.is_fully_replicated and
                    len(x.sharding.device_set) == parallel.num_devices(mesh)
