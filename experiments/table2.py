@@ -48,6 +48,7 @@ import functools
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -617,25 +618,39 @@ def worker_cores(workers: int, cores=None) -> list[list[int]]:
   return [[int(c) for c in group] for group in np.array_split(cores, workers)]
 
 
+def worker_command(scale: str, runs: str, out: str, only: list[str] | None, cores: list[int],
+                   name: str) -> list[str]:
+  """The command line of one worker of :func:`run_workers`: this script on ``cores``."""
+  return ([sys.executable, os.path.abspath(__file__), f"--scale={scale}", f"--runs={runs}",
+           f"--out={out}", "--noreport", f"--worker_cores={','.join(map(str, cores))}",
+           f"--worker_name={name}"] + ([f"--only={','.join(only)}"] if only else []))
+
+
+def _exit_on_sigterm(signum, frame):
+  del frame
+  raise SystemExit(128 + signum)
+
+
 def run_workers(scale: str, runs: str, out: str, only: list[str] | None, workers: int) -> None:
   """Trains the selected units with ``workers`` processes of this script, each pinned to its
   share of the cores (:func:`worker_cores`) and waiting for the teachers another trains
-  (:meth:`Table2.train` with ``wait``); RuntimeError naming the workers that failed."""
+  (:meth:`Table2.train` with ``wait``); RuntimeError naming the workers that failed. Interrupted
+  (Ctrl-C, or SIGTERM from ``kill`` or a job scheduler), it stops its workers before it exits:
+  without the SIGTERM handler they went on training, orphaned."""
   groups = worker_cores(workers)
   procs = []
+  previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
   try:
     for i, cores in enumerate(groups):
-      command = [sys.executable, os.path.abspath(__file__), f"--scale={scale}", f"--runs={runs}",
-                 f"--out={out}", "--noreport", f"--worker_cores={','.join(map(str, cores))}",
-                 f"--worker_name=w{i}"] + ([f"--only={','.join(only)}"] if only else [])
       print(f"worker w{i} on core(s) {', '.join(map(str, cores))}", flush=True)
-      procs.append(subprocess.Popen(command))
+      procs.append(subprocess.Popen(worker_command(scale, runs, out, only, cores, f"w{i}")))
     codes = [p.wait() for p in procs]
   finally:
     for p in procs:  # on an interruption or error here, no worker is left behind
       if p.poll() is None:
         p.terminate()
         p.wait()
+    signal.signal(signal.SIGTERM, previous)
   failed = [f"w{i} (exit {code})" for i, code in enumerate(codes) if code]
   if failed:
     raise RuntimeError(f"worker(s) {', '.join(failed)} failed (their output is above); what "

@@ -2,6 +2,10 @@
 that retrains nothing."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -202,3 +206,33 @@ def test_workers_split_the_cores_and_cannot_outnumber_them():
     table2.worker_cores(3, [0, 1])
   with pytest.raises(ValueError, match="--workers=0: .*give 1 to 2"):
     table2.worker_cores(0, [0, 1])
+
+
+_FAKE_WORKERS = """
+import sys
+sys.path.insert(0, {root!r})
+from experiments import table2
+sleep = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+table2.worker_command = lambda scale, runs, out, only, cores, name: [
+    sys.executable, "-c", sleep, {folder!r} + "/" + name]
+table2.run_workers("test", "runs", "out", None, 2)
+"""
+
+
+def test_a_terminated_run_stops_its_workers(tmp_path):
+  """SIGTERM to the parent (kill, a job scheduler) stops the workers too: they used to go on
+  training, orphaned, when the parent died of it."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = _FAKE_WORKERS.format(root=root, folder=str(tmp_path))
+  parent = subprocess.Popen([sys.executable, "-c", script])
+  pid_files = [tmp_path / "w0", tmp_path / "w1"]
+  deadline = time.monotonic() + 60
+  while not all(f.exists() and f.read_text() for f in pid_files):
+    assert time.monotonic() < deadline and parent.poll() is None, "the workers did not start"
+    time.sleep(0.1)
+  pids = [int(f.read_text()) for f in pid_files]
+  parent.send_signal(signal.SIGTERM)
+  assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+  for pid in pids:  # terminated and reaped by the parent: no such process
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
