@@ -88,9 +88,10 @@ def _empty_preds(records) -> dict[str, np.ndarray]:
   return {k: np.zeros((len(records), *records[0][k].shape), np.float32) for k in TARGET_MAPS}
 
 
-def _score(config, records_tuple, preds) -> dict[str, Any]:
+def _score(config, records_tuple, preds, names=metrics.METRICS + metrics.BRAIN_METRICS
+           ) -> dict[str, Any]:
   records, voxel_ml, _ = records_tuple
-  return metrics.score(records, preds, dict(config.data.map_ranges), voxel_ml)
+  return metrics.score(records, preds, dict(config.data.map_ranges), voxel_ml, names)
 
 
 def _objective(result, ranges, maps) -> float:
@@ -141,7 +142,7 @@ def classical_search(config: ml_collections.ConfigDict, factor: int, aif_mode: s
           for k in TARGET_MAPS:
             pred[k][case_rows] = maps[k]
       for (method, param), pred in zip(svd_variants, preds):
-        result = _score(config, records_tuple, pred)
+        result = _score(config, records_tuple, pred, names=("rmse",))  # all a row needs
         rows.append(dict(
             method=method, svd_param=float(param), spatial_sigma_mm=float(spatial_mm),
             spatial_sigma_px=float(spatial_mm) / px, temporal_sigma_s=float(temporal_s),

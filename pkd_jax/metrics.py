@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from scipy import stats
 
@@ -25,15 +25,31 @@ BRAIN_METRICS = ("mae", "pearson", "spearman")  # inside the brain mask
 CBF_FRACTION = 0.3  # RAPID's core: CBF below 30% of the healthy (contralateral) hemisphere's
 
 
-def slice_metrics(pred: np.ndarray, target: np.ndarray, data_range: float) -> dict[str, np.ndarray]:
-  """RMSE, SSIM, PSNR of each slice (N, H, W), both clipped to [0, data_range]."""
+def slice_metrics(pred: np.ndarray, target: np.ndarray, data_range: float,
+                  names: Sequence[str] = METRICS) -> dict[str, np.ndarray]:
+  """RMSE, SSIM, PSNR (those in ``names``) of each slice (N, H, W), both clipped to
+  [0, data_range]."""
+  _check_names(names, METRICS)
   pred = np.clip(pred, 0.0, data_range).astype(np.float32)
   target = np.clip(target, 0.0, data_range).astype(np.float32)
   mse = np.mean((pred - target) ** 2, axis=(1, 2))
-  ssim = np.asarray(losses.ssim(jnp.asarray(pred), jnp.asarray(target), data_range=data_range))
-  with np.errstate(divide="ignore"):
-    psnr = 10 * np.log10(data_range ** 2 / mse)
-  return {"rmse": np.sqrt(mse), "ssim": ssim, "psnr": psnr}
+  out = {"rmse": np.sqrt(mse)}
+  if "ssim" in names:
+    out["ssim"] = np.asarray(_ssim(pred, target, data_range=data_range))
+  if "psnr" in names:
+    with np.errstate(divide="ignore"):
+      out["psnr"] = 10 * np.log10(data_range ** 2 / mse)
+  return {k: out[k] for k in names}
+
+
+# Jitted once per (shape, range): run eagerly, dm_pix's vmapped filters are traced on every call.
+_ssim = jax.jit(losses.ssim, static_argnames=("data_range",))
+
+
+def _check_names(names: Sequence[str], valid: Sequence[str]) -> None:
+  unknown = sorted(set(names) - set(valid))
+  if unknown:
+    raise ValueError(f"unknown metric(s) {unknown}; valid: {', '.join(valid)}")
 
 
 def brain_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -90,10 +106,13 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 def score(records: Sequence[dict[str, Any]], preds: dict[str, np.ndarray],
-          ranges: dict[str, float], voxel_ml: Sequence[float]) -> dict[str, Any]:
+          ranges: dict[str, float], voxel_ml: Sequence[float],
+          names: Sequence[str] = METRICS + BRAIN_METRICS) -> dict[str, Any]:
   """Per-case metrics of predicted maps (N slices, H, W) against the records' ground truth.
 
-  records: the source's slice records (pipeline), N of them, with "case"; voxel_ml: per case.
+  records: the source's slice records (pipeline), N of them, with "case"; voxel_ml: per case;
+  names: the metrics to compute (of METRICS and BRAIN_METRICS; a parameter search needs only
+  RMSE, and SSIM and the correlations were most of its time).
   Returns {"cases": [case positions], "per_case": {map: {metric: (num_cases,)}},
   "volumes": {name: {"predicted": (num_cases,), "truth": (num_cases,)}},
   "tmax_gt6_dice": the Dice of Tmax > 6 s inside the brain over all the slices' voxels}; the
@@ -102,17 +121,22 @@ def score(records: Sequence[dict[str, Any]], preds: dict[str, np.ndarray],
   cases = np.array([r["case"] for r in records])
   masks = np.stack([r["brain_mask"] for r in records]).astype(bool)
   truth = {k: np.stack([r[k] for r in records]) for k in TARGET_MAPS}
-  per_case: dict[str, dict[str, list]] = {k: {m: [] for m in METRICS + BRAIN_METRICS}
-                                          for k in TARGET_MAPS}
+  _check_names(names, METRICS + BRAIN_METRICS)
+  on_slices = [m for m in METRICS if m in names]
+  in_brain = any(m in names for m in BRAIN_METRICS)
+  per_case: dict[str, dict[str, list]] = {k: {m: [] for m in names} for k in TARGET_MAPS}
   volumes: dict[str, dict[str, list]] = {}
-  slice_values = {k: slice_metrics(preds[k], truth[k], float(ranges[k])) for k in TARGET_MAPS}
+  slice_values = {k: slice_metrics(preds[k], truth[k], float(ranges[k]), on_slices)
+                  for k in TARGET_MAPS}
   for pos, case in enumerate(np.unique(cases)):
     rows = cases == case
     for k in TARGET_MAPS:
-      for m in METRICS:
+      for m in on_slices:
         per_case[k][m].append(float(slice_values[k][m][rows].mean()))
-      for m, v in brain_metrics(preds[k][rows], truth[k][rows], masks[rows]).items():
-        per_case[k][m].append(v)
+      if in_brain:
+        for m, v in brain_metrics(preds[k][rows], truth[k][rows], masks[rows]).items():
+          if m in names:
+            per_case[k][m].append(v)
     per_case["tmax"].setdefault("gt6_dice", []).append(
         tmax_dice(preds["tmax"][rows], truth["tmax"][rows], masks[rows]))
     for which, maps in (("predicted", preds), ("truth", truth)):

@@ -138,6 +138,17 @@ def test_osvd_runs_and_gives_finite_maps(case):
   assert np.all(chosen_ok | np.isclose(np.asarray(out["threshold"]), 0.95))
 
 
+def test_oscillation_index_is_wus_mean_absolute_second_difference_over_the_peak():
+  rng = np.random.default_rng(3)
+  residues = rng.uniform(0, 1, (2, 4, 12)).astype(np.float64)
+  residues[1, 3] = -1.0  # no positive peak: infinite, never chosen
+  second = residues[..., 2:] - 2 * residues[..., 1:-1] + residues[..., :-2]
+  expected = np.abs(second).sum(-1) / (12 * residues.max(-1))
+  expected[1, 3] = np.inf
+  got = np.asarray(deconvolution.oscillation_index(jax.numpy.asarray(residues, "float32")))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_select_aif_finds_an_artery(case):
   aif, coords = deconvolution.select_aif(case.scan_hu, case.masks["brain"],
                                          frame_times_s=case.frame_times_s)

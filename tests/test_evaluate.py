@@ -81,6 +81,26 @@ def test_score_averages_slices_per_case():
   assert set(result["volumes"]) == {"tmax_gt_6s_ml", "cbf_lt_30pct_ml"}
 
 
+def test_score_computes_only_the_metrics_asked_for_with_the_same_values():
+  rng = np.random.default_rng(2)
+  maps = ("tmax", "cbv", "cbf")
+  records = [dict(case=c, brain_mask=np.ones((16, 16), np.float32),
+                  **{k: rng.uniform(0, 5, (16, 16)).astype(np.float32) for k in maps})
+             for c in (0, 0, 1)]
+  preds = {k: np.stack([r[k] for r in records]) + rng.normal(0, 1, (3, 16, 16)).astype(np.float32)
+           for k in ("tmax", "cbv", "cbf")}
+  ranges = {"tmax": 20.0, "cbv": 8.0, "cbf": 100.0}
+  full = metrics.score(records, preds, ranges, [1.0, 1.0])
+  part = metrics.score(records, preds, ranges, [1.0, 1.0], names=("rmse", "spearman"))
+  for k in ranges:
+    assert set(part["per_case"][k]) - {"gt6_dice"} == {"rmse", "spearman"}
+    for m in ("rmse", "spearman"):
+      np.testing.assert_array_equal(part["per_case"][k][m], full["per_case"][k][m])
+  assert part["tmax_gt6_dice"] == full["tmax_gt6_dice"]
+  with pytest.raises(ValueError, match="unknown metric"):
+    metrics.score(records, preds, ranges, [1.0, 1.0], names=("rmse", "dice"))
+
+
 def test_results_table_groups_by_factor_marks_best_and_gives_p_values():
   from pkd_jax import report  # pylint: disable=import-outside-toplevel
 
