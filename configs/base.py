@@ -46,7 +46,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.num_cases.train = 64  # phantom cases per split; splits are disjoint by construction
   data.num_cases.validation = 8
   data.num_cases.test = 8
-  data.cache = False  # keep generated phantom slices in memory (worth it for small datasets)
+  # Keep generated phantom slices in memory (worth it for small datasets), shared by every run
+  # of the same cases in the process (an experiment's units) until it exits.
+  data.cache = False
   # NIfTI data (source = "nifti"): one folder per split below root, e.g. root/train/case_1/...
   data.root = ""  # dataset folder
   data.layout = "isles2018"  # "isles2018" or "folder" (then give data.patterns)

@@ -85,6 +85,23 @@ def test_phantom_splits_are_disjoint():
   assert not np.array_equal(first["train"], first["validation"])
 
 
+def test_cached_phantom_sources_of_the_same_cases_share_their_slices(monkeypatch):
+  calls = []
+  generate = phantom.generate_slice
+  monkeypatch.setattr(phantom, "generate_slice", lambda *a, **k: calls.append(a[2:4]) or
+                      generate(*a, **k))
+  config = dataclasses.replace(CONFIG, height=16, width=16)
+  first = pipeline.PhantomSlices(config, 5, "train", 2, cache=True)
+  record = first[1]
+  again = pipeline.PhantomSlices(config, 5, "train", 2, cache=True)
+  assert again[1] is record and len(calls) == 1  # generated once, by the first source
+  other_seed = pipeline.PhantomSlices(config, 6, "train", 2, cache=True)
+  uncached = pipeline.PhantomSlices(config, 5, "train", 2)
+  assert not np.array_equal(other_seed[1]["scan"], record["scan"])
+  np.testing.assert_array_equal(uncached[1]["scan"], record["scan"])
+  assert len(calls) == 3
+
+
 def test_nifti_source_reads_written_phantom_and_checks_frames(tmp_path):
   cases = [phantom.generate_case(CONFIG, 3, i) for i in range(2)]
   nifti.write_isles_dataset(cases, tmp_path / "train")
