@@ -631,12 +631,15 @@ def _exit_on_sigterm(signum, frame):
   raise SystemExit(128 + signum)
 
 
-def run_workers(scale: str, runs: str, out: str, only: list[str] | None, workers: int) -> None:
+def run_workers(scale: str, runs: str, out: str, only: list[str] | None, workers: int,
+                meanwhile: Callable[[], Any] | None = None) -> None:
   """Trains the selected units with ``workers`` processes of this script, each pinned to its
   share of the cores (:func:`worker_cores`) and waiting for the teachers another trains
   (:meth:`Table2.train` with ``wait``); RuntimeError naming the workers that failed. Interrupted
   (Ctrl-C, or SIGTERM from ``kill`` or a job scheduler), it stops its workers before it exits:
-  without the SIGTERM handler they went on training, orphaned."""
+  without the SIGTERM handler they went on training, orphaned. ``meanwhile()`` runs in this
+  process while the workers train (the report's reference rows: they no longer wait for the
+  last unit)."""
   groups = worker_cores(workers)
   procs = []
   previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -644,6 +647,8 @@ def run_workers(scale: str, runs: str, out: str, only: list[str] | None, workers
     for i, cores in enumerate(groups):
       print(f"worker w{i} on core(s) {', '.join(map(str, cores))}", flush=True)
       procs.append(subprocess.Popen(worker_command(scale, runs, out, only, cores, f"w{i}")))
+    if meanwhile is not None:
+      meanwhile()
     codes = [p.wait() for p in procs]
   finally:
     for p in procs:  # on an interruption or error here, no worker is left behind
@@ -672,15 +677,17 @@ def run(scale: str, runs: str, out: str, only: list[str] | None = None,
   :func:`run_workers`), then (write_report) scores and reports."""
   start = time.perf_counter()
   table = Table2(scale, runs, out)
+  records = functools.cache(lambda: evaluate.split_records(table.base_config(), "test"))
   if workers != 1:
     table.select(only)  # a pattern that matches nothing fails here, not in every worker
-    run_workers(scale, runs, out, only, workers)
+    run_workers(scale, runs, out, only, workers,
+                meanwhile=(lambda: table.references(records())) if write_report else None)
   else:
     table.train(table.select(only))
   train_s = time.perf_counter() - start
   if not write_report:
     return None
-  records = evaluate.split_records(table.base_config(), "test")
+  records = records()
   scores = table.score(table.units, records)
   rows = aggregate(table.units, scores, table.references(records))
   num_cases = len(records[1])

@@ -236,3 +236,16 @@ def test_a_terminated_run_stops_its_workers(tmp_path):
   for pid in pids:  # terminated and reaped by the parent: no such process
     with pytest.raises(ProcessLookupError):
       os.kill(pid, 0)
+
+
+def test_the_parent_works_on_the_report_while_the_workers_train(tmp_path, monkeypatch):
+  """``meanwhile`` (the reference rows) runs while the workers are still training, not after."""
+  finish = "import sys, time; time.sleep(3); open(sys.argv[1], 'w').write('done')"
+  monkeypatch.setattr(table2, "worker_command", lambda scale, runs, out, only, cores, name: [
+      sys.executable, "-c", finish, str(tmp_path / name)])
+  monkeypatch.setattr(table2, "worker_cores", lambda workers: [[0], [1]])
+  seen = []
+  table2.run_workers("test", "runs", "out", None, 2,
+                     meanwhile=lambda: seen.append(sorted(p.name for p in tmp_path.iterdir())))
+  assert seen == [[]]  # no worker had finished
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["w0", "w1"]
