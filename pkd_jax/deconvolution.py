@@ -165,9 +165,9 @@ def oscillation_index(residue):
   made the three shifted slices of the last axis 3x slower (0.15 s against 0.05 s for the 19
   candidate thresholds of 5,120 voxels of 80 samples, measured on 2 cores, 2026-12-03)."""
   length = residue.shape[-1]
-  stencil = np.zeros((length, max(length - 2, 0)), np.float32)
-  for i in range(length - 2):
-    stencil[i:i + 3, i] = (1.0, -2.0, 1.0)
+  cols = max(length - 2, 0)
+  stencil = (np.eye(length, cols) - 2 * np.eye(length, cols, -1) + np.eye(length, cols, -2)
+             ).astype(np.float32)  # column i: 1, -2, 1 at rows i, i + 1, i + 2
   second = residue @ stencil
   peak = jnp.max(residue, axis=-1)
   total = jnp.sum(jnp.abs(second), axis=-1)
