@@ -4,9 +4,9 @@ teachers, the competitors and the reference rows, on one held-out test set.
     python experiments/table2.py --scale=mini [--runs=runs/table2_mini] [--only=PATTERN,...]
         [--workers=N]
 
-Scales (:data:`SCALES`): "test" (seconds, for the test suite), "mini" (2 CPU cores; about four
-hours in all, measured in the README: resume it over sittings, or share the runs folder between
-processes, e.g. with --workers), "gpu" (the paper's sizes with fewer steps,
+Scales (:data:`SCALES`): "test" (seconds, for the test suite), "mini" (2 CPU cores; about two
+hours with --workers=2, measured in the README: resume it over sittings, or share the runs folder
+between processes), "gpu" (the paper's sizes with fewer steps,
 for one H100-class GPU; not yet run) and "paper" (the paper's sizes and 80,000 iterations).
 
 What it trains (each a "unit" with a folder under RUNS; what is finished is never retrained, an
@@ -96,13 +96,11 @@ SCALES = {
     # CPU cores); 3 test cases so that the t-tests have values.
     "test": Scale("test", 1, 2, 2, 2, 2, overrides=(("data.num_cases.test", 3),)),
     # 2 CPU cores: 7 teachers of 1,500 steps, 24 students of 600 steps, 6 competitors of 1,500
-    # on the demo's 32 x 32 x 32 patches, F = 4; 16 test cases. Measured (README, Results): a
-    # teacher 495-785 s, a single-teacher student 200-440 s, an MTKD student 17-18 min and a
-    # DGKD one 21-25 min (vmapped teachers, since replaced: alone on the cores 304 s and 352 s):
-    # about 4 hours in all (about 3 now, estimated); the 1/16 students do not beat the constant
-    # predictor on Tmax. MSE 100 as the demo, whose
-    # teachers find lesions in 500 steps with it (README, ablations); PKD epochs of 8 steps with
-    # a cap of 15 epochs, as the demo.
+    # on the demo's 32 x 32 x 32 patches, F = 4; 16 test cases. Measured (README, Results, with
+    # --workers=2, one core each): a teacher 558-802 s, a student 239-463 s, a competitor 85-127
+    # s: 124 minutes in all; the 1/16 students do not beat the constant predictor on Tmax.
+    # MSE 100 as the demo, whose teachers find lesions in 500 steps with it (README, ablations);
+    # PKD epochs of 8 steps with a cap of 15 epochs, as the demo.
     "mini": Scale("mini", 3, 1500, 600, 1500, 300,
                   vnet_overrides=(("loss.mse", 100.0), ("distill.epoch_steps", 8),
                                   ("distill.max_epochs_per_stage", 15))),
@@ -340,6 +338,12 @@ class Table2:
 
   def base_config(self):
     return self.student_config("pkd", 16, 0)
+
+  @functools.cached_property
+  def test_records(self):
+    """The held-out test split every row is scored on (pkd_jax.evaluate.split_records), built on
+    first use: a worker that only waits never builds it."""
+    return evaluate.split_records(self.base_config(), "test")
 
 
 def _teacher_trainer(owner: job.Job, spec) -> Callable[[], None]:
@@ -666,9 +670,8 @@ def work(scale: str, runs: str, out: str, only: list[str] | None, name: str) -> 
   """One worker of :func:`run_workers`: trains what it can, waiting for teachers others train,
   and scores each unit it trained (the scores are cached in RUNS/scores for the report)."""
   table = Table2(scale, runs, out)
-  records = functools.cache(lambda: evaluate.split_records(table.base_config(), "test"))
   table.train(table.select(only), wait=True, tag=f"{name} ",
-              after_each=lambda unit: table.score([unit], records()))
+              after_each=lambda unit: table.score([unit], table.test_records))
 
 
 def run(scale: str, runs: str, out: str, only: list[str] | None = None,
@@ -677,17 +680,16 @@ def run(scale: str, runs: str, out: str, only: list[str] | None = None,
   :func:`run_workers`), then (write_report) scores and reports."""
   start = time.perf_counter()
   table = Table2(scale, runs, out)
-  records = functools.cache(lambda: evaluate.split_records(table.base_config(), "test"))
   if workers != 1:
     table.select(only)  # a pattern that matches nothing fails here, not in every worker
     run_workers(scale, runs, out, only, workers,
-                meanwhile=(lambda: table.references(records())) if write_report else None)
+                meanwhile=(lambda: table.references(table.test_records)) if write_report else None)
   else:
     table.train(table.select(only))
   train_s = time.perf_counter() - start
   if not write_report:
     return None
-  records = records()
+  records = table.test_records
   scores = table.score(table.units, records)
   rows = aggregate(table.units, scores, table.references(records))
   num_cases = len(records[1])
