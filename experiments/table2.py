@@ -560,6 +560,24 @@ def reading(rows: list[dict]) -> str:
   return "\n\n".join(out)
 
 
+def validation_histories(folders: dict[str, str]) -> tuple[dict[str, list], list]:
+  """The validation histories of the students in ``folders`` ({method: folder}; those not yet
+  validated are left out) and PKD's teacher switches ((step, label), from its schedule.json),
+  for :func:`pkd_jax.report.learning_curves`."""
+  histories, switches = {}, []
+  for method, folder in folders.items():
+    path = os.path.join(folder, train.VALIDATION_HISTORY_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        histories[method] = json.load(f)
+    schedule = os.path.join(folder, "schedule.json")
+    if method == METHOD_NAMES["pkd"] and os.path.exists(schedule):
+      with open(schedule) as f:
+        switches = [(e["step"], f"{e['teacher']} ({e['rule']})") for e in json.load(f)
+                    if e["step"] > 0]
+  return histories, switches
+
+
 def figures(table: Table2, units: list[Unit], scores: dict, records, stem: str) -> list[str]:
   paths = []
   config = table.base_config()
@@ -577,18 +595,9 @@ def figures(table: Table2, units: list[Unit], scores: dict, records, stem: str) 
       predictions = {first: predictions.pop(first), **predictions}
     paths.append(report.comparison_figure(truth, predictions, ranges, stem + "_maps.png",
                                           title="one test slice: every method (seed 0)"))
-  histories, switches = {}, []
-  for strategy in STUDENT_STRATEGIES:
-    folder = os.path.join(table.runs, f"students/{strategy}_x16_seed0")
-    path = os.path.join(folder, train.VALIDATION_HISTORY_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        histories[METHOD_NAMES[strategy]] = json.load(f)
-    schedule = os.path.join(folder, "schedule.json")
-    if strategy == "pkd" and os.path.exists(schedule):
-      with open(schedule) as f:
-        switches = [(e["step"], f"{e['teacher']} ({e['rule']})") for e in json.load(f)
-                    if e["step"] > 0]
+  histories, switches = validation_histories(
+      {METHOD_NAMES[s]: os.path.join(table.runs, f"students/{s}_x16_seed0")
+       for s in STUDENT_STRATEGIES})
   if histories:
     paths.append(report.learning_curves(histories, stem + "_curves.png", switches=switches,
                                         title="1/16 students, seed 0: validation "

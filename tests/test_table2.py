@@ -81,6 +81,23 @@ def test_only_selects_units_and_students_wait_for_their_teachers(tmp_path):
   assert takd.needs == ("teachers/ta_x4",) and table.select(["students/none_x8_seed0"])[0].needs == ()
 
 
+def test_longer_students_are_the_tables_students_with_more_steps_and_its_teachers(tmp_path):
+  from experiments import student_steps  # pylint: disable=import-outside-toplevel
+  runs = str(tmp_path / "runs")
+  mini = table2.Table2("mini", runs, str(tmp_path / "out"))
+  units = student_steps.student_units(mini, ["none", "pkd"], 2400, 1)
+  assert [u.name for u in units] == ["student_steps/none_x16_seed1_steps2400",
+                                     "student_steps/pkd_x16_seed1_steps2400"]
+  for unit, strategy in zip(units, ["none", "pkd"]):
+    table_unit = mini.select([f"students/{strategy}_x16_seed1"])[0]
+    assert unit.config.train.steps == 2400 and table_unit.config.train.steps == 600
+    assert unit.config.distill.teachers_dir == os.path.join(runs, "teachers")
+    longer, same = unit.config.to_dict(), table_unit.config.to_dict()
+    longer["train"].pop("steps"), same["train"].pop("steps")
+    assert longer == same  # nothing else differs from the table's student
+    assert mini.folder(unit) == os.path.join(runs, unit.name)
+
+
 def _unit(method, factor, seed, kind="student"):
   return table2.Unit(f"{kind}s/{method}_x{factor}_seed{seed}", kind, method, factor, seed, None,
                      lambda: None)
