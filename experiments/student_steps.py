@@ -9,9 +9,9 @@ This trains the same students (experiments/table2.py's mini configs, the same se
 instead, against the mini table's own teachers (RUNS/teachers, which must be trained), into
 RUNS/student_steps/<strategy>_x16_seed<seed>_steps<steps>; each is resumable and skipped
 once finished. Then (unless --noreport) it scores them and the constant predictor on the table's
-16 test cases and writes experiments/results/student_steps_mini.{md,json} (per-case values, the
-one-tailed paired t-test of PKD against w/o PKD, wall times) and the validation curves
-(student_steps_mini_curves.png, with PKD's teacher switches).
+16 test cases and writes experiments/results/student_steps_mini_STEPS.{md,json} (per-case values,
+the one-tailed paired t-test of PKD against w/o PKD, wall times) and the validation curves
+(student_steps_mini_STEPS_curves.png, with PKD's teacher switches).
 Two processes may train two strategies at once (``--strategies=none --noreport`` beside
 ``--strategies=pkd --noreport``, e.g. each pinned with taskset), then one more writes the report.
 """
@@ -102,7 +102,7 @@ def main(argv):
   if p:
     lines += ["", "PKD against w/o PKD, one-tailed paired t-test over the test cases (H1: PKD "
               "lower): " + ", ".join(f"{k} p = {v:.3g}" for k, v in p.items())]
-  stem = os.path.join(flags.FLAGS.out, "student_steps_mini")
+  stem = os.path.join(flags.FLAGS.out, f"student_steps_mini_{_STEPS.value}")
   os.makedirs(flags.FLAGS.out, exist_ok=True)
   fileio.write_text(stem + ".md", "\n".join(lines) + "\n")
   fileio.write_json(stem + ".json", dict(
