@@ -232,6 +232,7 @@ from experiments import table2
 sleep = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
 table2.worker_command = lambda scale, runs, out, only, cores, name: [
     sys.executable, "-c", sleep, {folder!r} + "/" + name]
+table2.worker_cores = lambda workers: [[0]] * workers  # two workers on a 1-core machine too
 table2.run_workers("test", "runs", "out", None, 2)
 """
 
