@@ -128,7 +128,7 @@ class Unit:
   needs: tuple[str, ...] = ()  # units that must be trained first (a student's teachers)
 
 
-def _apply(config, overrides):
+def apply_settings(config, overrides):
   """config with fields ("a.b", value) set; a field that does not exist is a KeyError."""
   with config.unlocked():
     for dotted, value in overrides:
@@ -157,7 +157,7 @@ class Table2:
   def student_config(self, strategy: str, factor: int, seed: int):
     s = self.scale
     config = student_config.get_config(f"{strategy},{s.config_scale}")
-    _apply(config, s.overrides + s.vnet_overrides + (
+    apply_settings(config, s.overrides + s.vnet_overrides + (
         ("train.steps", s.student_steps), ("train.eval_every", s.eval_every),
         ("distill.teacher_steps", s.teacher_steps)))
     with config.unlocked():
@@ -194,7 +194,7 @@ class Table2:
     for key, (label, module) in COMPETITORS.items():
       for seed in seeds:
         cfg = module.get_config(f"16,{self.scale.config_scale}")
-        _apply(cfg, self.scale.overrides + (("train.steps", self.scale.competitor_steps),
+        apply_settings(cfg, self.scale.overrides + (("train.steps", self.scale.competitor_steps),
                                             ("train.eval_every", self.scale.eval_every)))
         with cfg.unlocked():
           cfg.seed = seed

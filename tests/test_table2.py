@@ -98,6 +98,27 @@ def test_longer_students_are_the_tables_students_with_more_steps_and_its_teacher
     assert mini.folder(unit) == os.path.join(runs, unit.name)
 
 
+def test_student_settings_change_only_their_fields_and_name_the_folder(tmp_path):
+  from experiments import student_steps  # pylint: disable=import-outside-toplevel
+  mini = table2.Table2("mini", str(tmp_path / "runs"), str(tmp_path / "out"))
+  settings = student_steps.parse_settings(["model.scale_outputs=True", "model.filters=8"])
+  assert settings == (("model.scale_outputs", True), ("model.filters", 8))
+  unit, = student_steps.student_units(mini, ["none"], 1500, 0, settings)
+  assert unit.name == ("student_steps/none_x16_seed0_steps1500"
+                       "_model.scale_outputs=True_model.filters=8")
+  plain, = student_steps.student_units(mini, ["none"], 1500, 0)
+  changed, same = unit.config.to_dict(), plain.config.to_dict()
+  assert (changed["model"]["filters"], same["model"]["filters"]) == (8, 4)
+  assert changed["model"].pop("scale_outputs") and not same["model"].pop("scale_outputs")
+  changed["model"].pop("filters"), same["model"].pop("filters")
+  assert changed == same
+  for bad in ("model.filters", "model.filters=eight", "=3"):
+    with pytest.raises(ValueError, match="--set"):
+      student_steps.parse_settings([bad])
+  with pytest.raises(KeyError, match="no config field 'model.width'"):
+    student_steps.student_units(mini, ["none"], 10, 0, (("model.width", 8),))
+
+
 def _unit(method, factor, seed, kind="student"):
   return table2.Unit(f"{kind}s/{method}_x{factor}_seed{seed}", kind, method, factor, seed, None,
                      lambda: None)
