@@ -288,3 +288,22 @@ def test_the_parent_works_on_the_report_while_the_workers_train(tmp_path, monkey
                      meanwhile=lambda: seen.append(sorted(p.name for p in tmp_path.iterdir())))
   assert seen == [[]]  # no worker had finished
   assert sorted(p.name for p in tmp_path.iterdir()) == ["w0", "w1"]
+
+
+def test_voxel_oracle_features_and_knn_recover_the_training_voxels(tmp_path):
+  from experiments import voxel_oracle  # pylint: disable=import-outside-toplevel
+  table = table2.Table2("test", str(tmp_path / "runs"), str(tmp_path / "out"))
+  records = table.test_records[0][:2]
+  norm = table.base_config().data.input_norm
+  height, width = records[0]["tmax"].shape
+  num_frames = records[0]["scan"].shape[0]
+  for factor, distinct in ((16, -(-num_frames // 16)), (1, voxel_oracle.FULL_RESOLUTION_BINS)):
+    features = voxel_oracle.voxel_features(records[0], factor, norm, 1.0)
+    assert features.shape == (height * width, 2 * distinct)
+  # Searching the test voxels themselves with k = 1 gives back their own Tmax in the brain, 0
+  # outside it.
+  tmax = voxel_oracle.knn_tmax(records, records, 4, norm, 1.0, neighbours=1)
+  for r, t in zip(records, tmax):
+    brain = r["brain_mask"] > 0
+    np.testing.assert_allclose(t[brain], r["tmax"][brain])
+    assert not t[~brain].any()
