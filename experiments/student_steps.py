@@ -1,7 +1,7 @@
 """Do the 1/16 students of the mini Table 2 learn Tmax with more steps? w/o PKD and PKD, longer.
 
     python experiments/student_steps.py --runs=runs/table2_mini [--steps=2400]
-        [--strategies=none,pkd] [--seed=0] [--set=FIELD=VALUE,...] [--noreport]
+        [--strategies=none,pkd] [--seed=0] [--set=FIELD=VALUE ...] [--noreport]
 
 At the mini scale of experiments/table2.py the 1/16 students (600 steps) do not beat the constant
 healthy-tissue predictor on Tmax (README, Results), so the table cannot test the paper's claims.
@@ -12,8 +12,9 @@ once finished. Then (unless --noreport) it scores them and the constant predicto
 16 test cases and writes experiments/results/student_steps_mini_STEPS.{md,json} (per-case values,
 the one-tailed paired t-test of PKD against w/o PKD, wall times) and the validation curves
 (student_steps_mini_STEPS_curves.png, with PKD's teacher switches).
---set changes config fields of these students (an ablation: e.g. ``--set=model.scale_outputs=True``;
-values are Python literals); the folders and the outputs are then named by the changes too.
+--set (repeatable) changes config fields of these students, an ablation: e.g.
+``--set=model.scale_outputs=True --set="data.random_offset_factors=(16,)"`` (values are Python
+literals); the folders and the outputs are then named by the changes too.
 Two processes may train two strategies at once (``--strategies=none --noreport`` beside
 ``--strategies=pkd --noreport``, e.g. each pinned with taskset), then one more writes the report.
 """
@@ -41,7 +42,8 @@ from pkd_jax.data.case import TARGET_MAPS
 _STEPS = flags.DEFINE_integer("steps", 2400, "training steps of each student")
 _STRATEGIES = flags.DEFINE_list("strategies", ["none", "pkd"], "students to train (1/16)")
 _SEED = flags.DEFINE_integer("seed", 0, "the students' seed")
-_SET = flags.DEFINE_list("set", [], "config fields of the students, FIELD=VALUE (Python literal)")
+_SET = flags.DEFINE_multi_string("set", [], "a config field of the students, FIELD=VALUE (a "
+                                  "Python literal); repeat for more")
 # --runs (the mini table's runs folder, default runs/table2_mini), --out (experiments/results)
 # and --[no]report are experiments/table2.py's flags, with the same meaning.
 

@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 
 from configs import base
-from pkd_jax.data import nifti, phantom, pipeline, temporal
+from pkd_jax.data import nifti, phantom, pipeline, preprocess, temporal
 from pkd_jax.errors import InputError
 
 CONFIG = phantom.PhantomConfig(height=32, width=32, num_frames=40, num_slices=2,
@@ -40,6 +40,37 @@ def test_batch_shapes_and_same_crop_at_every_factor():
   model_input = pipeline.scans_for_factor(batch, FACTORS, 4)
   assert model_input.shape == (2, 32, 16, 16, 1)
   np.testing.assert_array_equal(model_input[..., 0], batch["scans"][:, 1])
+
+
+def test_random_offsets_change_only_their_factor_and_use_its_own_first_frame():
+  source = pipeline.PhantomSlices(CONFIG, seed=1, split="train", num_cases=3)
+  def batches(offset_factors, train=True, count=6):
+    dataset = pipeline.make_dataset(source, factors=FACTORS, patch=PATCH, batch_size=2, seed=0,
+                                    train=train, input_norm="enhancement",
+                                    random_offset_factors=offset_factors)
+    iterator = pipeline.make_iterator(dataset)
+    return [next(iterator) for _ in range(count)]
+  plain, offset = batches(()), batches((16,))
+  assert "offsets" not in plain[0]
+  drawn = np.concatenate([b["offsets"] for b in offset])
+  assert (drawn[:, 1:] == 0).all() and (drawn[:, 0] < 16).all()
+  assert len(set(drawn[:, 0])) > 3  # 12 draws of 16 offsets
+  for want, got in zip(plain, offset):
+    np.testing.assert_array_equal(got["origin"], want["origin"])  # the same crops
+    np.testing.assert_array_equal(got["scans"][:, 1:], want["scans"][:, 1:])  # 1/4, full
+    for example in range(2):
+      case_pos, slice_index, t0, y0, x0 = got["origin"][example]
+      record = source[case_pos * CONFIG.num_slices + slice_index]
+      k = int(got["offsets"][example, 0])
+      series = record["scan"][temporal.held_frame_indices(40, 16, k)]
+      expected = preprocess.network_input(series, "enhancement")  # the baseline is frame k
+      np.testing.assert_allclose(got["scans"][example, 0],
+                                 expected[t0:t0 + 32, y0:y0 + 16, x0:x0 + 16], rtol=1e-6)
+  # Evaluation keeps offset 0; a factor that is not in the example is a clear error.
+  assert "offsets" not in batches((16,), train=False, count=1)[0]
+  with pytest.raises(InputError, match="random_offset_factors.*not among"):
+    pipeline.make_dataset(source, factors=FACTORS, patch=PATCH, batch_size=2, seed=0,
+                          random_offset_factors=(8,))
 
 
 def test_restored_iterator_yields_the_same_next_batches():

@@ -35,3 +35,20 @@ def test_jax_version_matches_numpy_jitted_and_batched(factor):
 def test_bad_factor_or_too_few_frames_is_a_clear_error(factor, frames):
   with pytest.raises(InputError, match="temporal factor|too few"):
     temporal.degrade_np(np.zeros((frames, 2, 2)), factor)
+
+
+@pytest.mark.parametrize("factor,offset", [(16, 5), (16, 15), (8, 3), (2, 1)])
+def test_an_offset_keeps_frames_k_k_plus_n_and_holds_frame_k_before_it(factor, offset):
+  held = temporal.held_frame_indices(40, factor, offset)
+  assert held.shape == (40,)
+  assert set(held) == set(range(offset, 40, factor))
+  for t in range(40):  # frame t holds the last kept frame at or before it (frame k before k)
+    assert held[t] == (offset if t < offset else max(k for k in held if k <= t))
+  np.testing.assert_array_equal(temporal.held_frame_indices(40, factor, 0),
+                                temporal.held_frame_indices(40, factor))
+
+
+@pytest.mark.parametrize("factor,offset,frames", [(16, 16, 40), (8, -1, 40), (16, 10, 26)])
+def test_an_offset_out_of_range_or_keeping_one_frame_is_a_clear_error(factor, offset, frames):
+  with pytest.raises(InputError, match="sampling offset.*valid offsets"):
+    temporal.held_frame_indices(frames, factor, offset)

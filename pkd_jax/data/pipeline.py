@@ -186,12 +186,23 @@ class PatchSpec:
 
 
 class CropAndDegrade(grain.transforms.RandomMap):
-  """Degrades each slice at every factor and crops the same patch from all of them."""
+  """Degrades each slice at every factor and crops the same patch from all of them.
+
+  random_offset_factors: factors whose frames start at a random sampling offset k < n, drawn
+  per example when random_crop is on (training), as "offsets" (one per factor, 0 for the
+  others); the input transform then uses the degraded series' own first frame, frame k, since
+  frame 0 was not acquired (pkd_jax.data.temporal).
+  """
 
   def __init__(self, factors: Sequence[int], patch: PatchSpec | None, random_crop: bool = True,
-               input_norm: str = "hu"):
+               input_norm: str = "hu", random_offset_factors: Sequence[int] = ()):
     self.factors, self.patch, self.random_crop = tuple(factors), patch, random_crop
     self.input_norm = input_norm
+    unknown = set(random_offset_factors) - set(self.factors)
+    if unknown:
+      raise InputError("config.data.random_offset_factors",
+                       f"{sorted(unknown)} not among the factors {self.factors}")
+    self.random_offset_factors = tuple(random_offset_factors) if random_crop else ()
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     # The input transform is frame-wise given frame 0, so it commutes with the degradation.
@@ -204,22 +215,36 @@ class CropAndDegrade(grain.transforms.RandomMap):
     else:
       t0, y0, x0 = (t - pt) // 2, (h - ph) // 2, (w - pw) // 2
     window = scan[:, y0:y0 + ph, x0:x0 + pw]
+    offsets = [int(rng.integers(0, n)) if n in self.random_offset_factors else 0
+               for n in self.factors]
     # Crop of the degraded series: frame t0 + i of the crop holds input frame held[t0 + i].
-    scans = np.stack([window[temporal.held_frame_indices(t, n)[t0:t0 + pt]] for n in self.factors])
+    scans = []
+    for n, k in zip(self.factors, offsets):
+      held = temporal.held_frame_indices(t, n, k)
+      if k:  # the input transform on the series as acquired, whose first frame is frame k
+        series = preprocess.network_input(record["scan"][held, y0:y0 + ph, x0:x0 + pw],
+                                          self.input_norm)
+        scans.append(series[t0:t0 + pt])
+      else:
+        scans.append(window[held[t0:t0 + pt]])
     out = {k: record[k][y0:y0 + ph, x0:x0 + pw] for k in (*TARGET_MAPS, "brain_mask")}
-    out["scans"] = scans
+    out["scans"] = np.stack(scans)
     out["origin"] = np.array([record["case"], record["slice"], t0, y0, x0], np.int32)
+    if self.random_offset_factors:
+      out["offsets"] = np.array(offsets, np.int32)
     return out
 
 
 def make_dataset(source, *, factors: Sequence[int], patch: PatchSpec | None, batch_size: int,
                  seed: int, train: bool = True, input_norm: str = "hu",
-                 shard: grain.sharding.ShardOptions | None = None) -> grain.MapDataset:
+                 shard: grain.sharding.ShardOptions | None = None,
+                 random_offset_factors: Sequence[int] = ()) -> grain.MapDataset:
   """The batched dataset over a slice source.
 
-  train=True: shuffled (a new order every epoch), repeated forever, random crops, full batches.
+  train=True: shuffled (a new order every epoch), repeated forever, random crops, full batches;
+  random_offset_factors: factors trained on a random sampling offset (:class:`CropAndDegrade`).
   train=False: one pass in order, centre crops (or whole slices with patch=None), the last
-  partial batch kept.
+  partial batch kept, offset 0.
 
   shard (training only; several processes feeding one global batch, pkd_jax.parallel): shard
   ``i`` of ``n`` keeps the examples at positions i, i + n, i + 2n, ... of the shuffled, cropped
@@ -238,8 +263,8 @@ def make_dataset(source, *, factors: Sequence[int], patch: PatchSpec | None, bat
   ds = grain.MapDataset.source(source)
   if train:
     ds = ds.seed(seed).shuffle().repeat(None)
-  ds = ds.random_map(CropAndDegrade(factors, patch, random_crop=train, input_norm=input_norm),
-                     seed=seed)
+  ds = ds.random_map(CropAndDegrade(factors, patch, random_crop=train, input_norm=input_norm,
+                                    random_offset_factors=random_offset_factors), seed=seed)
   if shard is not None and shard.shard_count > 1:
     if not train:
       raise ValueError("only the training stream is sharded: every process reads whole "
@@ -325,4 +350,5 @@ def make_dataset_from_config(data, split: str, seed: int, source=None,
   patch = PatchSpec(data.patch.height, data.patch.width, data.patch.num_frames) if train else None
   source = make_source(data, split) if source is None else source
   return make_dataset(source, factors=data.factors, patch=patch, batch_size=data.batch_size,
-                      seed=seed, train=train, input_norm=data.input_norm, shard=shard)
+                      seed=seed, train=train, input_norm=data.input_norm, shard=shard,
+                      random_offset_factors=tuple(data.get("random_offset_factors", ())))

@@ -4,6 +4,10 @@ Temporal factor n keeps frames 0, n, 2n, ... of a T-frame series and holds each 
 frames, so the result has T frames again: frame t of the output is frame n * floor(t / n) of the
 input. The paper applies this to the whole 40-frame series before cropping a training patch; a
 crop of frames [t0, t0 + L) of the degraded series is ``series[held_frame_indices(T, n)[t0:t0+L]]``.
+
+A sampling offset k < n keeps frames k, k + n, k + 2n, ... instead (the authors' release trains the
+1/n student on every offset, an n-fold augmentation; DESIGN.md, section 2); frames before k hold
+frame k, the first one acquired, so every frame keeps its time on the grid.
 """
 
 from __future__ import annotations
@@ -26,10 +30,17 @@ def check_factor(factor: int, num_frames: int, where: str = "temporal factor") -
                             "for two kept frames")
 
 
-def held_frame_indices(num_frames: int, factor: int) -> np.ndarray:
-  """(T,) int: the input frame that output frame t holds, factor * floor(t / factor)."""
+def held_frame_indices(num_frames: int, factor: int, offset: int = 0) -> np.ndarray:
+  """(T,) int: the input frame that output frame t holds, factor * floor(t / factor); with a
+  sampling offset k, k + factor * floor((t - k) / factor), and k for t < k."""
   check_factor(factor, num_frames)
-  return (np.arange(num_frames) // factor) * factor
+  if not 0 <= offset < factor or offset + factor >= num_frames:
+    raise InputError("sampling offset", f"offset {offset} at temporal factor {factor} of "
+                                        f"{num_frames} frames: valid offsets are 0 .. "
+                                        f"{min(factor, num_frames - factor) - 1}, which keep at "
+                                        "least two frames")
+  t = np.arange(num_frames)
+  return np.maximum(offset + (t - offset) // factor * factor, offset)
 
 
 def degrade_np(series: np.ndarray, factor: int, axis: int = -3) -> np.ndarray:
