@@ -139,8 +139,8 @@ def main(argv):
   fileio.write_json(stem + ".json", dict(
       command=" ".join(["python"] + sys.argv), date=datetime.date.today().isoformat(),
       machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-      steps=_STEPS.value, seed=_SEED.value, settings=dict(settings), num_test_cases=len(records[1]), rows=rows,
-      p_pkd_below_none=p))
+      steps=_STEPS.value, seed=_SEED.value, settings=dict(settings),
+      num_test_cases=len(records[1]), rows=rows, p_pkd_below_none=p))
   histories, switches = table2.validation_histories(
       {unit.method: table.folder(unit) for unit in units})
   report.learning_curves(histories, stem + "_curves.png",

@@ -194,8 +194,9 @@ class Table2:
     for key, (label, module) in COMPETITORS.items():
       for seed in seeds:
         cfg = module.get_config(f"16,{self.scale.config_scale}")
-        apply_settings(cfg, self.scale.overrides + (("train.steps", self.scale.competitor_steps),
-                                            ("train.eval_every", self.scale.eval_every)))
+        apply_settings(cfg, self.scale.overrides + (
+            ("train.steps", self.scale.competitor_steps),
+            ("train.eval_every", self.scale.eval_every)))
         with cfg.unlocked():
           cfg.seed = seed
         name = f"competitors/{key}_x16_seed{seed}"
