@@ -65,8 +65,11 @@ def parse_settings(settings) -> tuple[tuple[str, Any], ...]:
 
 
 def settings_suffix(settings: tuple[tuple[str, Any], ...]) -> str:
-  """The name part of a set of config changes ("" for none), e.g. "_model.scale_outputs=True"."""
-  return "".join(f"_{field}={value}" for field, value in settings)
+  """The name part of a set of config changes ("" for none), e.g. "_model.scale_outputs=True";
+  a sequence's items joined by "-" ("_data.random_offset_factors=16" for (16,))."""
+  def text(value):
+    return "-".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+  return "".join(f"_{field}={text(value)}" for field, value in settings)
 
 
 def student_units(table: table2.Table2, strategies, steps: int, seed: int,

@@ -112,6 +112,8 @@ def test_student_settings_change_only_their_fields_and_name_the_folder(tmp_path)
   assert changed["model"].pop("scale_outputs") and not same["model"].pop("scale_outputs")
   changed["model"].pop("filters"), same["model"].pop("filters")
   assert changed == same
+  assert student_steps.settings_suffix(student_steps.parse_settings(
+      ["data.random_offset_factors=(16, 8)"])) == "_data.random_offset_factors=16-8"
   for bad in ("model.filters", "model.filters=eight", "=3"):
     with pytest.raises(ValueError, match="--set"):
       student_steps.parse_settings([bad])
