@@ -1,7 +1,8 @@
 """Benchmark: pkd-jax's train step against PyTorch running the same network, side by side.
 
     python benchmarks/compare_torch.py [--torch_python PYTHON] [--shapes 2,32,64,8;1,32,128,16]
-        [--rounds 3] [--steps 5] [--out benchmarks/results/compare_torch.json]
+        [--rounds 3] [--steps 5] [--device cpu|cuda] [--dtype float32|bfloat16]
+        [--out benchmarks/results/compare_torch.json]
 
 For each shape (batch, frames T, H = W, filters F) it alternates, --rounds times, a PyTorch run of
 `shared/bench/torch_vnet.py` (the authors' V-Net in PyTorch, MAE of the three maps,
@@ -9,6 +10,8 @@ Adam(0.5, 0.99)) and `benchmarks/train_step.py --peer-comparable` (the same work
 pkd-jax's own train step), each in a fresh process with the same number of threads, and reports
 each run's median step time and the ratio JAX / PyTorch of the medians over rounds (below 1: JAX
 is faster). Alternating in one run is what makes the ratio meaningful on a noisy shared machine.
+With --device cuda or --dtype bfloat16 the PyTorch side is benchmarks/torch_device.py (the same
+network, imported from torch_vnet.py, on the GPU and/or under bf16 autocast).
 
 torch is never a dependency of pkd-jax: give --torch_python, the interpreter of a separate venv
 (`python -m venv torchenv && torchenv/bin/pip install torch==2.13.0` gets a CPU wheel), or run this
@@ -42,6 +45,12 @@ _STEPS = flags.DEFINE_integer("steps", 5, "timed steps per run (after the warm-u
 _THREADS = flags.DEFINE_integer("threads", 0, "threads for both (0: every core the process has)")
 _IMPLS = flags.DEFINE_string("impls", "", "JAX down,up,conv implementations (default: automatic)")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/compare_torch.json", "JSON output path")
+_DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "cuda"],
+                            "where both run: cpu (JAX_PLATFORMS=cpu) or cuda (the GPU)")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "computation dtype of both (bfloat16: autocast in PyTorch, "
+                           "model.dtype in JAX; float32 parameters and optimiser state)")
+DEVICE_SCRIPT = os.path.join(ROOT, "benchmarks", "torch_device.py")
 
 
 def last_json(stdout: str, what: str) -> dict:
@@ -70,17 +79,25 @@ def main(argv):
   if not os.path.exists(_TORCH_SCRIPT.value):
     print(f"{_TORCH_SCRIPT.value}: no such file; give --torch_script", file=sys.stderr)
     sys.exit(2)
-  env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=ROOT)
+  env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+             PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+  if _DEVICE.value == "cpu":
+    env["JAX_PLATFORMS"] = "cpu"
   results = {"benchmark": "compare_torch", "machine": f"{platform.machine()}, "
-             f"{os.cpu_count()} cores", "threads": threads, "rounds": _ROUNDS.value,
+             f"{os.cpu_count()} cores", "device": _DEVICE.value, "dtype": _DTYPE.value,
+             "threads": threads, "rounds": _ROUNDS.value,
              "steps": _STEPS.value, "shapes": []}
   for shape in _SHAPES.value.split(";"):
     b, t, s, f = (int(v) for v in shape.split(","))
     shape_args = ["--batch", str(b), "--frames", str(t), "--size", str(s), "--filters", str(f),
                   "--steps", str(_STEPS.value)]
     torch_cmd = [_TORCH_PYTHON.value, _TORCH_SCRIPT.value, *shape_args, "--threads", str(threads)]
+    if _DEVICE.value != "cpu" or _DTYPE.value != "float32":  # torch_vnet.py: CPU, float32 only
+      torch_cmd = [_TORCH_PYTHON.value, DEVICE_SCRIPT, "--torch_script", _TORCH_SCRIPT.value,
+                   "--device", _DEVICE.value, "--dtype", _DTYPE.value, *shape_args,
+                   "--threads", str(threads)]
     jax_cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"),
-               "--peer-comparable", *shape_args]
+               "--peer-comparable", "--dtype", _DTYPE.value, *shape_args]
     if _IMPLS.value:
       jax_cmd += ["--impls", _IMPLS.value]
     runs = {"torch": [], "jax": []}
@@ -95,6 +112,7 @@ def main(argv):
         "torch_median_step_s": [v["median_step_s"] for v in runs["torch"]],
         "jax_median_step_s": [v["median_step_s"] for v in runs["jax"]],
         "jax_impls": runs["jax"][-1]["impls"], "torch_version": runs["torch"][-1]["torch"],
+        "jax_device": runs["jax"][-1]["device"], "jax_version": runs["jax"][-1]["jax"],
         "jax_first_step_s": [v["first_step_s"] for v in runs["jax"]],
         "torch_first_step_s": [v["first_step_s"] for v in runs["torch"]],
         "ratio_jax_over_torch": round(medians["jax"] / medians["torch"], 3)})

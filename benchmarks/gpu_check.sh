@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The GPU checks of one sitting, in order of value, each stage cut off at a shared deadline:
+#
+#   OUT=results_dir TORCH_SCRIPT=path/to/torch_vnet.py [DEADLINE_S=480] bash benchmarks/gpu_check.sh
+#
+#  0. versions, nvidia-smi, and the peer-comparable train step at (2, 32, 64, 8) on the GPU
+#     (a smoke test: the stages after it need a working JAX on the GPU);
+#  1. the test suite on the GPU (pytest -n 8, GPU memory not preallocated; PYTEST_S seconds);
+#  2. JAX / PyTorch step time at the paper size (2, 32, 128, 16), float32, both on the GPU,
+#     ROUNDS alternating rounds (benchmarks/compare_torch.py --device=cuda);
+#  3. the same in bfloat16 (one round);
+#  4. the full paper-size teacher step (all losses): FLOPs, fraction of peak, peak memory
+#     (benchmarks/train_step.py);
+#  5. whole-case inference latency, 16 slices of 256 x 256 x 40 (benchmarks/inference.py);
+#  6. the demo job (configs/student.py:pkd,demo), for what time is left;
+#  7. the paper-size step with the fast CPU forms instead of cuDNN's convolutions (the backend's
+#     choice of convolution forms, pkd_jax.models.vnet.AUTO_IMPLS).
+# Everything is logged to $OUT/log.txt; JSON results land in $OUT. A wheel folder given as
+# WHEELS (packages missing on the machine) is installed first into /tmp/site. For a machine with
+# its own jax, flax and PyTorch but no network (the H200 of 2026-12-04: Python 3.12), the folder
+# was made where pip works with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     nibabel ml_collections dm_pix grain tensorboardX flax optax orbax-checkpoint \
+#     array_record portpicker importlib_resources etils
+# (pin the versions of this machine's `pip list`), and the 2026-12-04 sitting took 460 s with
+# DEADLINE_S=460: the test suite and the demo need more (PYTEST_S).
+set -u
+OUT=${OUT:?give OUT, the results folder}
+DEADLINE_S=${DEADLINE_S:-480}
+START=$(date +%s)
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/pkd_gpu_xla_cache
+if [ -n "${WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$WHEELS"/*.whl >>"$LOG" 2>&1 || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+
+# stage NAME LIMIT_S COMMAND...: run COMMAND for at most LIMIT_S or until the deadline; at the limit
+# it is interrupted (SIGINT: pytest still prints its summary of failures), killed 15 s later.
+stage() {
+  local name=$1 limit=$2; shift 2
+  local left=$((DEADLINE_S - ($(date +%s) - START)))
+  if [ "$left" -lt 20 ]; then echo "== $name: skipped, deadline" | tee -a "$LOG"; return 1; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (at most ${limit} s, $(( $(date +%s) - START )) s in)" | tee -a "$LOG"
+  local t0; t0=$(date +%s)
+  timeout -s INT -k 15 "$limit" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  echo "== $name: exit $rc after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+  return $rc
+}
+
+stage versions 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
+  --format=csv; python3 -c "import jax, jaxlib, flax, optax, orbax.checkpoint as o, torch; \
+print(\"jax\", jax.__version__, jaxlib.__version__, jax.devices(), \"flax\", flax.__version__, \
+\"optax\", optax.__version__, \"torch\", torch.__version__)"'
+stage smoke 120 python3 benchmarks/train_step.py --peer-comparable --batch 2 --frames 32 \
+  --size 64 --filters 8 --steps 10 || { tail -40 "$LOG"; exit 1; }
+tail -1 "$LOG"
+stage pytest ${PYTEST_S:-150} env XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest -q -n 8 \
+  -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml"
+SHAPE="2,32,128,16"
+stage torch_f32 150 python3 benchmarks/compare_torch.py --device=cuda --torch_python=python3 \
+  --torch_script="$TORCH_SCRIPT" --shapes="$SHAPE" --rounds=${ROUNDS:-1} --steps=10 \
+  --out="$OUT/compare_torch_gpu.json"
+stage torch_bf16 120 python3 benchmarks/compare_torch.py --device=cuda --dtype=bfloat16 \
+  --torch_python=python3 --torch_script="$TORCH_SCRIPT" --shapes="$SHAPE" --rounds=1 --steps=10 \
+  --out="$OUT/compare_torch_gpu_bf16.json"
+stage train_step 120 python3 benchmarks/train_step.py --sizes=paper --paper_steps=10 \
+  --student_sizes= --out="$OUT/train_step_gpu.json"
+stage inference 180 python3 benchmarks/inference.py --out="$OUT/inference_gpu.json"
+stage demo 300 python3 -m pkd_jax.main --config=configs/student.py:pkd,demo \
+  --workdir=/tmp/runs/demo
+cp /tmp/runs/demo/results_pkd.md "$OUT/" 2>/dev/null
+stage fast_forms 90 bash -c "python3 benchmarks/train_step.py --peer-comparable --batch 2 \
+  --frames 32 --size 128 --filters 16 --steps 10 \
+  --impls space_to_depth,depth_to_space,conv2d_stacked > $OUT/peer_fast_forms.json"
+grep -E "^== |passed|failed|median_step_s\"|ratio" "$LOG" | tail -40
