@@ -30,6 +30,7 @@ DEVICES = 8  # in all
 LOCAL_DEVICES = 4 if KIND == "multihost" else DEVICES
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [
     os.environ.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={LOCAL_DEVICES}"]))
+os.environ["JAX_PLATFORMS"] = "cpu"  # the forced devices are CPU ones, also where a GPU is
 
 # pylint: disable=wrong-import-position
 import functools  # noqa: E402
