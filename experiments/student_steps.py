@@ -14,7 +14,8 @@ the one-tailed paired t-test of PKD against w/o PKD, wall times) and the validat
 (student_steps_mini_STEPS_curves.png, with PKD's teacher switches).
 --set (repeatable) changes config fields of these students, an ablation: e.g.
 ``--set=model.scale_outputs=True --set="data.random_offset_factors=(16,)"`` (values are Python
-literals); the folders and the outputs are then named by the changes too.
+literals); the folders and the outputs are then named by the changes too, and by the seed
+(``_seed1``) when it is not 0.
 Two processes may train two strategies at once (``--strategies=none --noreport`` beside
 ``--strategies=pkd --noreport``, e.g. each pinned with taskset), then one more writes the report.
 """
@@ -136,7 +137,8 @@ def main(argv):
     lines += ["", "PKD against w/o PKD, one-tailed paired t-test over the test cases (H1: PKD "
               "lower): " + ", ".join(f"{k} p = {v:.3g}" for k, v in p.items())]
   stem = os.path.join(flags.FLAGS.out,
-                      f"student_steps_mini_{_STEPS.value}{settings_suffix(settings)}")
+                      f"student_steps_mini_{_STEPS.value}{settings_suffix(settings)}"
+                      + (f"_seed{_SEED.value}" if _SEED.value else ""))
   os.makedirs(flags.FLAGS.out, exist_ok=True)
   fileio.write_text(stem + ".md", "\n".join(lines) + "\n")
   fileio.write_json(stem + ".json", dict(
