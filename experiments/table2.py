@@ -98,7 +98,8 @@ SCALES = {
     # 2 CPU cores: 7 teachers of 1,500 steps, 24 students of 600 steps, 6 competitors of 1,500
     # on the demo's 32 x 32 x 32 patches, F = 4; 16 test cases. Measured (README, Results, with
     # --workers=2, one core each): a teacher 558-802 s, a student 239-463 s, a competitor 85-127
-    # s: 124 minutes in two sittings, 111.5 in one (2026-12-04); the 1/16 students do not beat the constant predictor on Tmax.
+    # s: 124 minutes in two sittings, 111.5 in one (2026-12-04); the 1/16 students do not beat
+    # the constant predictor on Tmax.
     # MSE 100 as the demo, whose teachers find lesions in 500 steps with it (README, ablations);
     # PKD epochs of 8 steps with a cap of 15 epochs, as the demo.
     "mini": Scale("mini", 3, 1500, 600, 1500, 300,
