@@ -15,12 +15,15 @@
 #  5. whole-case inference latency, 16 slices of 256 x 256 x 40 (benchmarks/inference.py);
 #  6. the full paper-size teacher step (all losses): FLOPs, fraction of peak, peak memory
 #     (benchmarks/train_step.py; measured 2026-12-04: 0.215 s);
-#  7. the paper-size step with the fast CPU forms instead of cuDNN's convolutions (the backend's
-#     choice of convolution forms, pkd_jax.models.vnet.AUTO_IMPLS).
+#  7. the paper-size peer-comparable step with the plain lax forms (conv_transpose for the up
+#     convolutions), against which the GPU's "auto" choice (depth_to_space, chosen from a profile:
+#     benchmarks/gpu_profile.sh, pkd_jax.models.vnet.AUTO_IMPLS) is measured in step 1.
 # On the H200 of 2026-12-04 every JAX process took 60-90 s to start and compile (the first step
 # of the (2, 32, 64, 8) step alone 28 s), the suite ran ~60% in 150 s with 8 workers, and the
 # first compilation of the inference benchmark did not end in 74 s: give DEADLINE_S 540 and a
-# run timeout above it.
+# run timeout above it. In the second sitting (the plain forms then) step 1 took 137 s, the suite
+# 290 tests in 200 s before its cut-off (one error: no nbformat there), the demo two of its
+# teachers in 150 s; nothing after the demo ran. One sitting does not reach the end.
 # Everything is logged to $OUT/log.txt; JSON results land in $OUT. A wheel folder given as
 # WHEELS (packages missing on the machine) is installed first into /tmp/site. For a machine with
 # its own jax, flax and PyTorch but no network (the H200 of 2026-12-04: Python 3.12), the folder
@@ -69,8 +72,13 @@ SHAPE="2,32,128,16"
 stage torch_f32 200 python3 benchmarks/compare_torch.py --device=cuda --torch_python=python3 \
   --torch_script="$TORCH_SCRIPT" --shapes="$SHAPE" --rounds=${ROUNDS:-1} --steps=10 \
   --out="$OUT/compare_torch_gpu.json" || { tail -60 "$LOG"; exit 1; }
-stage pytest ${PYTEST_S:-180} env XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest -q -n 8 \
-  -p no:cacheprovider
+# tests/test_notebook.py needs nbformat, nbclient and a Jupyter kernel, which a bare GPU machine
+# lacks: it is left out there (and said so) rather than carried.
+NOTEBOOK=()
+python3 -c "import nbformat, nbclient" 2>/dev/null || { NOTEBOOK=(--ignore=tests/test_notebook.py);
+  echo "no nbformat/nbclient: tests/test_notebook.py left out" | tee -a "$LOG"; }
+stage pytest ${PYTEST_S:-240} env XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest -q -n 8 \
+  -p no:cacheprovider "${NOTEBOOK[@]}"
 stage demo ${DEMO_S:-150} python3 -m pkd_jax.main --config=configs/student.py:pkd,demo \
   --workdir=/tmp/runs/demo
 cp /tmp/runs/demo/results_pkd.md "$OUT/" 2>/dev/null
@@ -80,7 +88,7 @@ stage torch_bf16 120 python3 benchmarks/compare_torch.py --device=cuda --dtype=b
 stage inference 180 python3 benchmarks/inference.py --out="$OUT/inference_gpu.json"
 stage train_step 120 python3 benchmarks/train_step.py --sizes=paper --paper_steps=10 \
   --student_sizes= --out="$OUT/train_step_gpu.json"
-stage fast_forms 90 bash -c "python3 benchmarks/train_step.py --peer-comparable --batch 2 \
+stage plain_forms 90 bash -c "python3 benchmarks/train_step.py --peer-comparable --batch 2 \
   --frames 32 --size 128 --filters 16 --steps 10 \
-  --impls space_to_depth,depth_to_space,conv2d_stacked > $OUT/peer_fast_forms.json"
+  --impls conv,conv_transpose,conv3d > $OUT/peer_plain_forms.json"
 grep -E "^== |passed|failed|FAILED|ERROR|median_step_s\"|ratio|seconds_per" "$LOG" | tail -60

@@ -51,6 +51,9 @@ _IMPLS = flags.DEFINE_string("impls", "", "peer-comparable: down,up,conv impleme
                              "(default: the teacher config's choice for this backend)")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                           "peer-comparable: computation dtype (model.dtype)")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "peer-comparable: after timing, trace 3 "
+                                   "more steps with jax.profiler into this folder (summarise the "
+                                   "trace with benchmarks/profile_summary.py)")
 
 # Dense float32 peak FLOP/s of some GPUs (vendor data sheets, no tensor cores / TF32).
 GPU_PEAK_FP32 = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12, "V100": 15.7e12, "T4": 8.1e12,
@@ -205,6 +208,12 @@ def measure_peer(steps: int) -> dict:
   jax.block_until_ready(metrics)
   first = time.perf_counter() - start
   median = time_steps(step, state, batch, None, None, steps)
+  if _PROFILE_DIR.value:
+    state = init_state(config, model, tx, 0)  # time_steps donated the other one
+    with jax.profiler.trace(_PROFILE_DIR.value):
+      for _ in range(3):
+        state, metrics = step(state, batch, None, None)
+        jax.block_until_ready(metrics)
   return {"impl": "jax", "jax": jax.__version__, "device": str(jax.devices()[0].device_kind),
           "batch": b, "frames": t, "size": s, "filters": _FILTERS.value, "dtype": _DTYPE.value,
           "impls": list(models.impls_from_config(config).values()),

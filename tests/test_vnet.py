@@ -242,9 +242,10 @@ def test_registry():
     models.get_model("unet")
 
 
-def test_auto_implementations_are_the_fast_forms_on_cpu_and_plain_elsewhere():
+def test_auto_implementations_by_backend_fast_forms_on_cpu_gpu_mix_plain_elsewhere():
   auto = dict(down_impl="auto", up_impl="auto", conv_impl="auto")
   assert vnet.resolve_impls("cpu", **auto) == vnet.FAST_IMPLS
-  assert vnet.resolve_impls("gpu", **auto) == vnet.PLAIN_IMPLS
+  assert vnet.resolve_impls("gpu", **auto) == vnet.GPU_IMPLS
+  assert vnet.resolve_impls("tpu", **auto) == vnet.PLAIN_IMPLS
   assert vnet.resolve_impls("cpu", down_impl="conv", up_impl="auto", conv_impl="conv2d_sum") == dict(
       down_impl="conv", up_impl="depth_to_space", conv_impl="conv2d_sum")

@@ -58,11 +58,18 @@ CONV_IMPLS = ("conv3d", "conv2d_sum", "conv2d_stacked")
 # The exact forms that are fastest per JAX backend (measured with benchmarks/train_step.py
 # --peer-comparable at (2, 32, 64, 8) on a 2-core CPU: conv2d_stacked 1.09 s a step, conv2d_sum
 # 1.36 s; one 3x3x3 layer's forward and gradients take the plain 3D convolution ~4x conv2d_sum's);
-# "auto" in a config picks these, backends not listed get the plain lax convolutions (GPU).
+# "auto" in a config picks these, backends not listed get the plain lax convolutions.
+# On a GPU, cuDNN's convolutions except the transposed one: XLA lowers conv_transpose to a
+# zero-stuffed (interior-padded) input convolved by a 2x2x2 window, 8x the work, which cuDNN ran
+# with its slow "indexed" kernels: in a jax.profiler trace of the paper-size peer-comparable step
+# on an H200 (0.215 s; benchmarks/gpu_profile.sh, 2026-12-04) those kernels took 67% of the GPU
+# time, their weight gradients 5% more. depth_to_space does the transposed convolution's real
+# work as one matmul. Chosen from that profile; the whole step with it is still to be timed there.
 FAST_IMPLS = {"down_impl": "space_to_depth", "up_impl": "depth_to_space",
               "conv_impl": "conv2d_stacked"}
 PLAIN_IMPLS = {"down_impl": "conv", "up_impl": "conv_transpose", "conv_impl": "conv3d"}
-AUTO_IMPLS = {"cpu": FAST_IMPLS}
+GPU_IMPLS = {"down_impl": "conv", "up_impl": "depth_to_space", "conv_impl": "conv3d"}
+AUTO_IMPLS = {"cpu": FAST_IMPLS, "gpu": GPU_IMPLS}
 
 
 def resolve_impls(backend: str, **impls: str) -> dict[str, str]:
