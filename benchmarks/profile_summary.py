@@ -13,19 +13,16 @@ is not traced: there the shares say how the ops compare, not what fraction of th
 take. A GPU stream's kernels do not nest.
 """
 
+import argparse
 import collections
 import glob
 import json
 import os
 import re
 
-from absl import app, flags
 from jax.profiler import ProfileData
 
 from pkd_jax import fileio
-
-_TOP = flags.DEFINE_integer("top", 25, "events listed per line")
-_OUT = flags.DEFINE_string("out", "", "also write the JSON here")
 
 
 def find_xplane(path: str) -> str:
@@ -75,14 +72,18 @@ def summarise(xplane: str, top: int) -> dict:
   return {"xplane": xplane, "lines": lines}
 
 
-def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError("give one trace folder or .xplane.pb file")
-  summary = summarise(find_xplane(argv[1]), _TOP.value)
+def main(argv=None):
+  # argparse, not absl flags: the tests import this module next to others that define --out
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("trace", help="a trace folder (jax.profiler.trace's) or an .xplane.pb file")
+  parser.add_argument("--top", type=int, default=25, help="events listed per line")
+  parser.add_argument("--out", default="", help="also write the JSON here")
+  args = parser.parse_args(argv)
+  summary = summarise(find_xplane(args.trace), args.top)
   print(json.dumps(summary, indent=1))
-  if _OUT.value:
-    fileio.write_json(_OUT.value, summary)
+  if args.out:
+    fileio.write_json(args.out, summary)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -1,5 +1,7 @@
 """benchmarks/profile_summary.py: a jax.profiler trace summarised by event name and kind."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -33,6 +35,11 @@ def test_a_traced_program_is_summarised_by_its_busiest_events(tmp_path):
       assert times == sorted(times, reverse=True)
       assert all(0 <= event["share"] <= 1 and event["count"] >= 1 for event in ranking)
       assert sum(event["share"] for event in ranking) <= 1 + 1e-3
+  out = tmp_path / "summary.json"  # the command line: the folder, --top, --out
+  profile_summary.main([str(tmp_path), "--top", "3", "--out", str(out)])
+  written = json.loads(out.read_text())
+  assert written["xplane"] == xplane and set(written["lines"]) == set(summary["lines"])
+  assert all(len(line["top"]) <= 3 for line in written["lines"].values())
 
 
 def test_a_folder_without_a_trace_is_a_clear_error(tmp_path):
