@@ -25,10 +25,10 @@
 # 290 tests in 200 s before its cut-off (one error: no nbformat there), the demo two of its
 # teachers in 150 s; nothing after the demo ran. One sitting does not reach the end.
 # Everything is logged to $OUT/log.txt (the suite's and the demo's output to pytest.txt and
-# demo.txt beside it, their ends copied into log.txt); JSON results land in $OUT. A wheel folder given as
-# WHEELS (packages missing on the machine) is installed first into /tmp/site. For a machine with
-# its own jax, flax and PyTorch but no network (the H200 of 2026-12-04: Python 3.12), the folder
-# was made where pip works with
+# demo.txt beside it, their ends copied into log.txt); JSON results land in $OUT. A wheel folder
+# given as WHEELS (packages missing on the machine) is installed first into /tmp/site. For a
+# machine with its own jax, flax and PyTorch but no network (the H200 of 2026-12-04: Python 3.12),
+# the folder was made where pip works with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \

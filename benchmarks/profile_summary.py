@@ -4,12 +4,13 @@
 
 Reads the trace's .xplane.pb (the newest under the folder) with jax.profiler.ProfileData and, for
 every line of every device plane (on a GPU its streams, with kernel names, and an "XLA Ops" line
-with HLO op names where the trace has one), sums the events' durations by name and by kind (the name without its numeric
-suffixes: "fusion.12" and "fusion.7" are one kind). Prints (and writes with --out) JSON: per line
-its total milliseconds and the top names and kinds with their milliseconds, share of the line and
-count. On CPU there is no device plane; the host's XLA threads are summarised instead, where events
-nest (ThunkExecutor::Execute encloses the ops it runs) and the work handed to YNNPACK's own threads
-is not traced: there the shares say how the ops compare, not what fraction of the wall time they
+with HLO op names where the trace has one), sums the events' durations by name and by kind (the
+name without its numbers: "fusion.12" and "fusion.7" are one kind, and so are a cuDNN kernel's
+tile-size variants). Prints (and writes with --out) JSON: per line its total milliseconds and the
+top names and kinds with their milliseconds, share of the line and count. On CPU there is no
+device plane; the host's XLA threads are summarised instead, where events nest
+(ThunkExecutor::Execute encloses the ops it runs) and the work handed to YNNPACK's own threads is
+not traced: there the shares say how the ops compare, not what fraction of the wall time they
 take. A GPU stream's kernels do not nest.
 """
 
