@@ -36,19 +36,10 @@
 #     array_record portpicker importlib_resources etils
 # (pin the versions of this machine's `pip list`).
 set -u
-OUT=${OUT:?give OUT, the results folder}
 DEADLINE_S=${DEADLINE_S:-540}
 START=$(date +%s)
-mkdir -p "$OUT"
-LOG="$OUT/log.txt"
-export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/pkd_gpu_xla_cache
-if [ -n "${WHEELS:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHEELS"/*.whl >>"$LOG" 2>&1 || { echo "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+source "$(dirname "$0")/gpu_env.sh"
+export JAX_COMPILATION_CACHE_DIR=/tmp/pkd_gpu_xla_cache
 
 # stage NAME LIMIT_S COMMAND...: run COMMAND for at most LIMIT_S or until the deadline; at the limit
 # it is interrupted (SIGINT: pytest still prints its summary of failures), killed 15 s later.

@@ -17,17 +17,7 @@
 # end in 65 s. Each JAX process there takes 60-90 s to start and compile.
 # Wheels as in gpu_check.sh.
 set -u
-OUT=${OUT:?give OUT, the results folder}
-mkdir -p "$OUT"
-LOG="$OUT/log.txt"
-export PYTHONUNBUFFERED=1
-if [ -n "${WHEELS:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHEELS"/*.whl >>"$LOG" 2>&1 || { echo "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+source "$(dirname "$0")/gpu_env.sh"
 SHAPE=${SHAPE:-"--batch 2 --frames 32 --size 128 --filters 16"}
 PEER="--peer-comparable $SHAPE --steps 10 ${IMPLS:+--impls $IMPLS}"
 echo "== f32 traced $(date +%T)" | tee -a "$LOG"
