@@ -187,10 +187,11 @@ def test_batch_stats_update_only_in_training(tiny):
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_fast_implementations_give_the_same_outputs(tiny, train):
+@pytest.mark.parametrize("forms", ["cpu", "gpu"])  # each backend's "auto" choice
+def test_fast_implementations_give_the_same_outputs(tiny, train, forms):
   _, variables, x = tiny
   outs = []
-  for impls in (PLAIN, FAST):
+  for impls in (PLAIN, vnet.AUTO_IMPLS[forms]):
     model = vnet.VNet(filters=2, num_frames=16, **impls)
     fn = jax.jit(functools.partial(model.apply, train=train, mutable=["batch_stats"]))
     outs.append(fn(variables, x))
