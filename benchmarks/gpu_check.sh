@@ -17,7 +17,8 @@
 #     (benchmarks/train_step.py; measured 2026-12-04: 0.215 s);
 #  6. the paper-size peer-comparable step with the plain lax forms (conv_transpose for the up
 #     convolutions), against which the GPU's "auto" choice (depth_to_space, chosen from a profile:
-#     benchmarks/gpu_profile.sh, pkd_jax.models.vnet.AUTO_IMPLS) is measured in step 1.
+#     benchmarks/gpu_profile.sh, pkd_jax.models.vnet.AUTO_IMPLS) is measured in step 1, then with
+#     space_to_depth for the down convolutions as well.
 # On the H200 of 2026-12-04 every JAX process took 60-90 s to start and compile (the first step
 # of the (2, 32, 64, 8) step alone 28 s), the suite ran ~60% in 150 s with 8 workers, and the
 # first compilation of the inference benchmark did not end in 74 s: give DEADLINE_S 540 and a
@@ -88,7 +89,8 @@ grep -E "^== |100%|wall|results" "$OUT/demo.txt" | tail -20 >> "$LOG"
 stage inference 180 python3 benchmarks/inference.py --out="$OUT/inference_gpu.json"
 stage train_step 120 python3 benchmarks/train_step.py --sizes=paper --paper_steps=10 \
   --student_sizes= --out="$OUT/train_step_gpu.json"
-stage plain_forms 90 bash -c "python3 benchmarks/train_step.py --peer-comparable --batch 2 \
-  --frames 32 --size 128 --filters 16 --steps 10 \
-  --impls conv,conv_transpose,conv3d > $OUT/peer_plain_forms.json"
+for forms in conv,conv_transpose,conv3d space_to_depth,depth_to_space,conv3d; do
+  stage "forms $forms" 90 bash -c "python3 benchmarks/train_step.py --peer-comparable --batch 2 \
+    --frames 32 --size 128 --filters 16 --steps 10 --impls $forms > $OUT/peer_${forms//,/_}.json"
+done
 grep -E "^== |passed|failed|FAILED|ERROR|median_step_s\"|ratio|seconds_per" "$LOG" | tail -60
