@@ -59,10 +59,11 @@ def summarise(xplane: str, top: int) -> dict:
       totals, counts = collections.Counter(), collections.Counter()
       kind_totals, kind_counts = collections.Counter(), collections.Counter()
       for event in line.events:
-        totals[event.name] += event.duration_ns
-        counts[event.name] += 1
-        kind_totals[kind(event.name)] += event.duration_ns
-        kind_counts[kind(event.name)] += 1
+        name, ns = event.name, event.duration_ns
+        totals[name] += ns
+        counts[name] += 1
+        kind_totals[kind(name)] += ns
+        kind_counts[kind(name)] += 1
       whole = sum(totals.values())
       if not whole:
         continue
