@@ -42,10 +42,16 @@ START=$(date +%s)
 source "$(dirname "$0")/gpu_env.sh"
 export JAX_COMPILATION_CACHE_DIR=/tmp/pkd_gpu_xla_cache
 
+# STAGES (optional) names the stages to run, space-separated, among: versions torch_f32 torch_bf16
+# pytest demo inference train_step forms; unset, all run. One sitting can then be split over two
+# calls on the same warm machine.
+want() { [ -z "${STAGES:-}" ] || [[ " $STAGES " == *" ${1%% *} "* ]]; }
+
 # stage NAME LIMIT_S COMMAND...: run COMMAND for at most LIMIT_S or until the deadline; at the limit
 # it is interrupted (SIGINT: pytest still prints its summary of failures), killed 15 s later.
 stage() {
   local name=$1 limit=$2; shift 2
+  want "$name" || return 0
   local left=$((DEADLINE_S - ($(date +%s) - START)))
   if [ "$left" -lt 20 ]; then echo "== $name: skipped, deadline" | tee -a "$LOG"; return 1; fi
   [ "$limit" -gt "$left" ] && limit=$left
@@ -84,8 +90,8 @@ LOG="$OUT/demo.txt" stage demo ${DEMO_S:-300} python3 -m pkd_jax.main \
 wait
 unset XLA_PYTHON_CLIENT_PREALLOCATE
 cp /tmp/runs/demo/results_pkd.md "$OUT/" 2>/dev/null
-tail -5 "$OUT/pytest.txt" >> "$LOG"
-grep -E "^== |100%|wall|results" "$OUT/demo.txt" | tail -20 >> "$LOG"
+tail -5 "$OUT/pytest.txt" >> "$LOG" 2>/dev/null
+grep -E "^== |100%|wall|results" "$OUT/demo.txt" 2>/dev/null | tail -20 >> "$LOG"
 stage inference 180 python3 benchmarks/inference.py --out="$OUT/inference_gpu.json"
 stage train_step 120 python3 benchmarks/train_step.py --sizes=paper --paper_steps=10 \
   --student_sizes= --out="$OUT/train_step_gpu.json"

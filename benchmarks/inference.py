@@ -1,6 +1,6 @@
 """Benchmark: inference time per 256 x 256 x 40 slice and per 16-slice case, printed and as JSON.
 
-    python benchmarks/inference.py [--filters 16] [--impl fast|plain] [--batch 4] [--out FILE]
+    python benchmarks/inference.py [--filters 16] [--impl auto|fast|plain] [--batch 4] [--out FILE]
 
 The network: the paper-size V-Net (F = 16, T = 32) applied to whole 256 x 256 slices (the
 T-window rule of pkd_jax.inference), compile time reported separately from the timed calls. bSVD:
@@ -23,7 +23,9 @@ from pkd_jax.data import phantom
 from pkd_jax.models import vnet
 
 _FILTERS = flags.DEFINE_integer("filters", 16, "V-Net width F")
-_IMPL = flags.DEFINE_enum("impl", "fast", ["fast", "plain"], "convolution implementations")
+_IMPL = flags.DEFINE_enum("impl", "auto", ["auto", "fast", "plain"],
+                          "convolution forms: the backend's choice (vnet.AUTO_IMPLS), the CPU's "
+                          "fast exact forms, or the plain lax convolutions")
 _BATCH = flags.DEFINE_integer("batch", 4, "slices per network call")
 _SLICES = flags.DEFINE_integer("slices", 16, "slices of the timed case")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/inference.json", "JSON output path")
@@ -31,7 +33,9 @@ _OUT = flags.DEFINE_string("out", "benchmarks/results/inference.json", "JSON out
 
 def main(argv):
   del argv
-  impls = vnet.FAST_IMPLS if _IMPL.value == "fast" else vnet.PLAIN_IMPLS
+  auto = dict.fromkeys(vnet.PLAIN_IMPLS, "auto")
+  impls = {"auto": vnet.resolve_impls(jax.default_backend(), **auto),
+           "fast": vnet.FAST_IMPLS, "plain": vnet.PLAIN_IMPLS}[_IMPL.value]
   model = models.get_model("vnet", filters=_FILTERS.value, num_frames=32, **impls)
   x = jnp.zeros((_BATCH.value, 40, 256, 256, 1), jnp.float32)  # whole 40-frame series
   variables = jax.jit(lambda k: model.init(k, x[:1, :32], train=False))(
@@ -56,7 +60,7 @@ def main(argv):
   results = {
       "benchmark": "inference", "device": str(jax.devices()[0].device_kind),
       "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
-      "network": {"filters": _FILTERS.value, "impl": _IMPL.value, "batch": _BATCH.value,
+      "network": {"filters": _FILTERS.value, "impl": _IMPL.value, **impls, "batch": _BATCH.value,
                   "compile_s": round(compile_s, 2),
                   "seconds_per_slice": round(case_s / _SLICES.value, 3),
                   f"seconds_per_{_SLICES.value}_slice_case": round(case_s, 2)},
