@@ -93,14 +93,20 @@ def peak_memory_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def step_flops(lowered) -> float:
-  """FLOPs of one step, from XLA's cost analysis of the program before optimisation.
+def step_flops(step_fn, *args, **static) -> float:
+  """FLOPs of one step, from XLA's cost analysis of the program lowered for the CPU, unoptimised.
 
-  Not the compiled program's: on a GPU its convolutions are cuDNN custom calls that the cost
-  analysis counts as nothing (9.65 GFLOPs for the paper-size step on an H200, 2026-12-04, against
-  2,276 from the unoptimised program, lowered on CPU). On CPU the two agree within 2% (the demo
-  size: 8.20 and 8.30 GFLOPs with the fast forms, 7.77 and 7.83 with plain convolutions).
+  The same count on every backend, and the one that can be had there: on a GPU the compiled
+  program's convolutions are cuDNN custom calls that the cost analysis counts as nothing (9.65
+  GFLOPs for the paper-size step on an H200, 2026-12-04, against 2,276), and the program lowered
+  for the GPU gave no count at all (NaN, the third sitting). On CPU the compiled and unoptimised
+  counts agree within 2% (the demo size: 8.20 and 8.30 GFLOPs with the fast forms, 7.77 and 7.83
+  with plain convolutions); the paper-size step counts 2,275.6 GFLOPs with conv_transpose or
+  depth_to_space for the up convolutions alike. Arguments are traced as shapes only, so arrays
+  committed to another device do not matter.
   """
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+  lowered = step_fn.trace(*shapes, **static).lower(lowering_platforms=("cpu",))
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -136,7 +142,8 @@ def measure(scale: str, steps: int) -> dict:
                                              loss_config=loss_config)
   compiled = lowered.compile()  # the timed program: compiled once, not again by jit's cache
   compile_s = time.perf_counter() - start
-  flops = step_flops(lowered)
+  flops = step_flops(train.train_step_fn(model), state, batch, None, perceptual, model=model,
+                     tx=tx, loss_config=loss_config)
   median = time_steps(compiled, state, batch, None, perceptual, steps)
   peak, peak_source = machine_peak()
   student = {}

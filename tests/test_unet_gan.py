@@ -120,8 +120,12 @@ def test_without_the_adversarial_term_the_generator_step_is_the_supervised_step(
                                 adversarial=0.0)
   plain, _ = train.train_step(plain, batch, None, None, model=model, tx=tx,
                               loss_config=loss_config)
+  # Two different programs: on a CPU they agree to float32 rounding; on an H200 (2026-12-04) 5 of
+  # 18432 weights of one layer differed by up to 1.2e-6 (other cuDNN algorithms, other summation
+  # orders). An adversarial term leaking into the update would move weights by a good part of
+  # Adam's first step, ~learning_rate = 1e-3 each: atol is 2% of that.
   for a, b in zip(jax.tree.leaves(gan_state.params), jax.tree.leaves(plain.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
 
 
 def test_tiny_generator_overfits_one_batch_against_its_discriminator():
