@@ -14,7 +14,7 @@
 #     (configs/student.py:pkd,demo; DEMO_S seconds), GPU memory not preallocated by either;
 #  4. whole-case inference latency, 16 slices of 256 x 256 x 40 (benchmarks/inference.py);
 #  5. the full paper-size teacher step (all losses): FLOPs, fraction of peak, peak memory
-#     (benchmarks/train_step.py; measured 2026-12-04: 0.215 s);
+#     (benchmarks/train_step.py; measured 2026-12-04: 0.215 s with the plain forms, 0.046 s auto);
 #  6. the paper-size peer-comparable step with the plain lax forms (conv_transpose for the up
 #     convolutions), against which the GPU's "auto" choice (depth_to_space, chosen from a profile:
 #     benchmarks/gpu_profile.sh, pkd_jax.models.vnet.AUTO_IMPLS) is measured in step 1, then with
@@ -24,7 +24,10 @@
 # first compilation of the inference benchmark did not end in 74 s: give DEADLINE_S 540 and a
 # run timeout above it. In the second sitting (the plain forms then) step 1 took 137 s, the suite
 # 290 tests in 200 s before its cut-off (one error: no nbformat there), the demo two of its
-# teachers in 150 s; nothing after the demo ran. One sitting does not reach the end.
+# teachers in 150 s; nothing after the demo ran. One sitting does not reach the end. The third
+# sitting (the auto forms) split it over two calls on one warm machine (STAGES): versions,
+# torch_f32, torch_bf16, inference and train_step in 273 s (DEADLINE_S=555), then the suite and
+# the demo side by side in 355 s (the whole suite 352 s, the demo 299 s); the forms not run.
 # Everything is logged to $OUT/log.txt (the suite's and the demo's output to pytest.txt and
 # demo.txt beside it, their ends copied into log.txt); JSON results land in $OUT. A wheel folder
 # given as WHEELS (packages missing on the machine) is installed first into /tmp/site. For a

