@@ -51,15 +51,17 @@ def windowed_maps(model, variables, series: jax.Array, window_frames: int,
                   stride: int = DEFAULT_WINDOW_STRIDE) -> dict[str, jax.Array]:
   """The window rule inside a traced function: series (B, T_full, H, W, 1) -> maps (B, H, W).
 
-  The windows go through the network as one batch (evaluation mode) and their maps are averaged.
-  A series' windows are adjacent in that batch, so a batch split over devices along its first
-  axis (pkd_jax.parallel) stays split the same way: each device predicts its own series.
+  The windows go through the network one after another (``lax.map``; evaluation mode), each as a
+  batch of the B series' windows, and their maps are averaged: memory is that of one window a
+  series, whatever the number of windows. Batched together, the three windows of a 40-frame
+  256 x 256 series at F = 16 needed ~3 x 4 GB on a CPU, and the default 4 slices a call did not
+  fit in 23 GB (2026-12-04). The batch axis stays first inside each call, so a batch split over
+  devices (pkd_jax.parallel) stays split the same way.
   """
-  batch = series.shape[0]
   starts = window_starts(series.shape[1], window_frames, stride)
-  windows = jnp.stack([series[:, t0:t0 + window_frames] for t0 in starts], axis=1)
-  maps, _ = model.apply(variables, windows.reshape(-1, *windows.shape[2:]), train=False)
-  return {k: v.reshape(batch, len(starts), *v.shape[1:]).mean(axis=1) for k, v in maps.items()}
+  windows = jnp.stack([series[:, t0:t0 + window_frames] for t0 in starts])  # (W, B, T, H, W, 1)
+  maps = jax.lax.map(lambda w: model.apply(variables, w, train=False)[0], windows)
+  return {k: v.mean(axis=0) for k, v in maps.items()}
 
 
 def _predict(variables, series, *, model, window_frames: int, stride: int):
