@@ -86,8 +86,11 @@ NOTEBOOK=()
 python3 -c "import nbformat, nbclient" 2>/dev/null || { NOTEBOOK=(--ignore=tests/test_notebook.py);
   echo "no nbformat/nbclient: tests/test_notebook.py left out" | tee -a "$LOG"; }
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+# PYTEST_ARGS (optional) picks tests, e.g. the three that failed on GPU nondeterminism in the third
+# sitting (tests/conftest.py has made GPU programs deterministic since, not yet run there):
+#   PYTEST_ARGS="tests/test_distill.py tests/test_train.py tests/test_unet_gan.py"
 LOG="$OUT/pytest.txt" stage pytest ${PYTEST_S:-300} python3 -m pytest -q -n 8 -p no:cacheprovider \
-  "${NOTEBOOK[@]}" &
+  "${NOTEBOOK[@]}" ${PYTEST_ARGS:-} &
 LOG="$OUT/demo.txt" stage demo ${DEMO_S:-300} python3 -m pkd_jax.main \
   --config=configs/student.py:pkd,demo --workdir=/tmp/runs/demo &
 wait
