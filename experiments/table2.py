@@ -129,6 +129,16 @@ class Unit:
   config: Any
   train: Callable[[], None]
   needs: tuple[str, ...] = ()  # units that must be trained first (a student's teachers)
+  # Units with equal ``program`` run the same XLA programs (:func:`program_key`): once one of them
+  # has trained, the others find its programs in the compilation cache.
+  program: tuple = ()
+
+
+def program_key(config, teachers_per_step: int = 0, combine: str = "") -> tuple:
+  """What decides a unit's compiled programs: its network and how many teachers its train step
+  stacks, combined how (pkd_jax.train._kd); not the temporal factor (every network sees
+  ``data.patch.num_frames`` frames) nor the seed."""
+  return (config.model.name, teachers_per_step, combine if teachers_per_step else "")
 
 
 def apply_settings(config, overrides):
@@ -182,18 +192,23 @@ class Table2:
         seen.add(spec.name)
         cfg = job.teacher_config(owner.config, spec)
         kind_name = "TA" if spec.assistant else "teacher"
+        # The assistant is distilled from the full-resolution teacher (_teacher_trainer).
+        needs = (f"teachers/{distill.TeacherSpec(1).name}",) if spec.assistant else ()
         units.append(Unit(f"teachers/{spec.name}", "teacher",
                           f"{kind_name} {spec.name}", spec.factor, 0, cfg,
-                          _teacher_trainer(owner, spec)))
+                          _teacher_trainer(owner, spec), needs,
+                          program_key(cfg, int(spec.assistant), "targets")))
     for factor, strategies in ((16, STUDENT_STRATEGIES), (8, STRATEGIES_AT_8)):
       for strategy in strategies:
         for seed in seeds:
           cfg = self.student_config(strategy, factor, seed)
           name = f"students/{strategy}_x{factor}_seed{seed}"
-          needs = tuple(f"teachers/{t.name}" for t in distill.get_strategy(
-              strategy).teacher_specs(factor, cfg.distill.mtkd_seeds))
+          rule = distill.get_strategy(strategy)
+          specs = rule.teacher_specs(factor, cfg.distill.mtkd_seeds)
+          needs = tuple(f"teachers/{t.name}" for t in specs)
           units.append(Unit(name, "student", METHOD_NAMES[strategy], factor, seed, cfg,
-                            _student_trainer(cfg, os.path.join(self.runs, name)), needs))
+                            _student_trainer(cfg, os.path.join(self.runs, name)), needs,
+                            program_key(cfg, len(rule.active(specs, 0)), rule.combine)))
     for key, (label, module) in COMPETITORS.items():
       for seed in seeds:
         cfg = module.get_config(f"16,{self.scale.config_scale}")
@@ -204,7 +219,8 @@ class Table2:
           cfg.seed = seed
         name = f"competitors/{key}_x16_seed{seed}"
         units.append(Unit(name, "competitor", label, 16, seed, cfg,
-                          _plain_trainer(cfg, os.path.join(self.runs, name))))
+                          _plain_trainer(cfg, os.path.join(self.runs, name)),
+                          program=program_key(cfg)))
     return units
 
   def folder(self, unit: Unit) -> str:
@@ -237,13 +253,14 @@ class Table2:
     Several processes may share one runs folder (e.g. ``--only=competitors`` beside the full
     run, or the workers of ``--workers``): each unit is claimed while it trains (RUNS/claims).
     A unit another process is training, or whose teachers it is training, is skipped with a line
-    saying so; with ``wait`` it is waited for instead: the first unit that can start does, and
-    when none can the process sleeps ``poll_s`` seconds and looks again, until every unit is
-    finished. ``after_each(unit)`` runs after each unit this process trained (a worker scores
-    it); ``tag`` starts each progress line (the worker's name)."""
+    saying so; with ``wait`` it is waited for instead: the first unit that can start does (in
+    the order of :meth:`preferred`), and when none can the process sleeps ``poll_s`` seconds and
+    looks again, until every unit is finished. ``after_each(unit)`` runs after each unit this
+    process trained (a worker scores it); ``tag`` starts each progress line (the worker's
+    name)."""
     pending, skipped, said = list(units), [], set()
     while pending:
-      for unit in list(pending):
+      for unit in self.preferred(pending) if wait else list(pending):
         head = (f"{tag}[{self.units.index(unit) + 1}/{len(self.units)}] {unit.name} "
                 f"({unit.method}, 1/{unit.factor})")
         state, why = self._attempt(unit, head, pending if wait else [])
@@ -263,6 +280,7 @@ class Table2:
         elif (unit.name, why) not in said:
           print(f"{head}: waiting, {why}", flush=True)
           said.add((unit.name, why))
+          break  # news (another process took a unit, or one's teachers): rank the units again
       else:  # a whole pass without training: wait for the others (without wait, nothing is left)
         if pending:
           time.sleep(poll_s)
@@ -270,6 +288,20 @@ class Table2:
       print(f"{len(skipped)} unit(s) left to other processes: {', '.join(skipped)}; the report "
             "covers what is finished", flush=True)
     return skipped
+
+  def preferred(self, pending: list[Unit]) -> list[Unit]:
+    """The order in which a waiting process (a worker of ``--workers``) tries the pending units:
+    first those whose programs nobody has compiled or is compiling (the longest work first:
+    compiling a program took 15-20 s of a core at the test scale, training a unit whose
+    programs are cached 2-5 s), then those whose programs are compiled (a unit of the same
+    :attr:`Unit.program` has finished: the compilation cache holds them), then those whose
+    programs another process is compiling now (one of its units is claimed); the plan's order
+    within each. Two workers that took the plan in order started with the same teacher and
+    compiled the same programs side by side, and then the same students' programs again."""
+    compiled = {u.program for u in self.units if self.finished(u)}
+    compiling = {u.program for u in pending if fileio.claim_holder(self.claim_path(u))}
+    return sorted(pending, key=lambda u: (1 if u.program in compiled else
+                                          2 if u.program in compiling else 0))
 
   def _attempt(self, unit: Unit, head: str, pending: list[Unit]) -> tuple[str, str]:
     """Trains unit unless it is finished or busy: ("finished" | "trained" | "busy", why busy).

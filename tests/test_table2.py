@@ -18,7 +18,7 @@ from pkd_jax.data.case import TARGET_MAPS
 from pkd_jax.metrics import METRICS
 
 
-@pytest.mark.extended  # 3-5 minutes on 2 cores (79 s with a warm XLA cache): CI's budget
+@pytest.mark.extended  # 105-125 s cold on 2 cores (README, "The test-scale Table 2")
 def test_table2_runs_whole_at_test_scale_and_a_rerun_retrains_nothing(tmp_path, monkeypatch):
   """The first run trains in two worker processes (--workers=2: each pinned to a core, scoring
   what it trains); the rerun, in this process, finds everything trained and scored."""
@@ -79,6 +79,34 @@ def test_only_selects_units_and_students_wait_for_their_teachers(tmp_path):
     table.train(table.select(["students/pkd_x16_seed0"]))
   takd = table.select(["students/takd_x16_seed0"])[0]
   assert takd.needs == ("teachers/ta_x4",) and table.select(["students/none_x8_seed0"])[0].needs == ()
+  assert table.select(["teachers/ta_x4"])[0].needs == ("teachers/x1",)  # distilled from it
+
+
+def test_a_worker_prefers_units_whose_programs_are_compiled_or_not_being_compiled(tmp_path,
+                                                                                 monkeypatch):
+  """Units share programs by network and teachers per step; with teachers/x8 finished and
+  competitors/unitobrain claimed by another process, a worker tries first the programs nobody
+  compiles (a teacher each step; MTKD's three; DGKD's four; UNET-GAN), then the other teachers
+  and the teacherless students (their programs are in the cache), UniToBrain's last."""
+  table = table2.Table2("test", str(tmp_path / "runs"), str(tmp_path / "out"))
+  program = {u.name: u.program for u in table.units}
+  assert program["teachers/x1"] == program["students/none_x16_seed0"] == ("vnet", 0, "")
+  assert (program["teachers/ta_x4"] == program["students/kd_x16_seed0"]
+          == program["students/pkd_x16_seed0"] == program["students/pkd_x8_seed0"]
+          == ("vnet", 1, "targets"))
+  assert program["students/mtkd_x16_seed0"] == ("vnet", 3, "targets")
+  assert program["students/dgkd_x16_seed0"] == ("vnet", 4, "losses")
+  monkeypatch.setattr(table, "finished", lambda unit: unit.name == "teachers/x8")
+  pending = [u for u in table.units if u.name != "teachers/x8"]
+  with fileio.claim(table.claim_path(table.select(["competitors/unitobrain*"])[0])):
+    order = [u.name for u in table.preferred(pending)]
+  assert order == [
+      "teachers/ta_x4", "students/kd_x16_seed0", "students/takd_x16_seed0",
+      "students/mtkd_x16_seed0", "students/dgkd_x16_seed0", "students/pkd_x16_seed0",
+      "students/pkd_x8_seed0", "competitors/unet_gan_x16_seed0",
+      "teachers/x4", "teachers/x2", "teachers/x1", "teachers/x1_seed1", "teachers/x1_seed2",
+      "students/none_x16_seed0", "students/none_x8_seed0",
+      "competitors/unitobrain_x16_seed0"]
 
 
 def test_longer_students_are_the_tables_students_with_more_steps_and_its_teachers(tmp_path):
