@@ -292,14 +292,14 @@ class Table2:
   def preferred(self, pending: list[Unit]) -> list[Unit]:
     """The order in which a waiting process (a worker of ``--workers``) tries the pending units:
     first those whose programs nobody has compiled or is compiling (the longest work first:
-    compiling a program took 15-20 s of a core at the test scale, training a unit whose
+    compiling a program took 15-26 s of a core at the test scale, training a unit whose
     programs are cached 2-5 s), then those whose programs are compiled (a unit of the same
     :attr:`Unit.program` has finished: the compilation cache holds them), then those whose
     programs another process is compiling now (one of its units is claimed); the plan's order
     within each. Two workers that took the plan in order started with the same teacher and
     compiled the same programs side by side, and then the same students' programs again."""
     compiled = {u.program for u in self.units if self.finished(u)}
-    compiling = {u.program for u in pending if fileio.claim_holder(self.claim_path(u))}
+    compiling = {u.program for u in self.units if fileio.claim_holder(self.claim_path(u))}
     return sorted(pending, key=lambda u: (1 if u.program in compiled else
                                           2 if u.program in compiling else 0))
 

@@ -82,12 +82,13 @@ def test_only_selects_units_and_students_wait_for_their_teachers(tmp_path):
   assert table.select(["teachers/ta_x4"])[0].needs == ("teachers/x1",)  # distilled from it
 
 
-def test_a_worker_prefers_units_whose_programs_are_compiled_or_not_being_compiled(tmp_path,
-                                                                                 monkeypatch):
+def test_a_worker_tries_units_of_new_programs_first_and_those_being_compiled_last(tmp_path,
+                                                                                  monkeypatch):
   """Units share programs by network and teachers per step; with teachers/x8 finished and
   competitors/unitobrain claimed by another process, a worker tries first the programs nobody
   compiles (a teacher each step; MTKD's three; DGKD's four; UNET-GAN), then the other teachers
-  and the teacherless students (their programs are in the cache), UniToBrain's last."""
+  and the teacherless students (their programs are in the cache), UniToBrain's last; with
+  nothing finished and the first teacher claimed, the other teachers go last."""
   table = table2.Table2("test", str(tmp_path / "runs"), str(tmp_path / "out"))
   program = {u.name: u.program for u in table.units}
   assert program["teachers/x1"] == program["students/none_x16_seed0"] == ("vnet", 0, "")
@@ -107,6 +108,16 @@ def test_a_worker_prefers_units_whose_programs_are_compiled_or_not_being_compile
       "teachers/x4", "teachers/x2", "teachers/x1", "teachers/x1_seed1", "teachers/x1_seed2",
       "students/none_x16_seed0", "students/none_x8_seed0",
       "competitors/unitobrain_x16_seed0"]
+  monkeypatch.setattr(table, "finished", lambda unit: False)
+  with fileio.claim(table.claim_path(table.units[0])):  # teachers/x8, in another process
+    order = [u.name for u in table.preferred(table.units[1:])]
+  assert order == [
+      "teachers/ta_x4", "students/kd_x16_seed0", "students/takd_x16_seed0",
+      "students/mtkd_x16_seed0", "students/dgkd_x16_seed0", "students/pkd_x16_seed0",
+      "students/pkd_x8_seed0", "competitors/unitobrain_x16_seed0",
+      "competitors/unet_gan_x16_seed0",
+      "teachers/x4", "teachers/x2", "teachers/x1", "teachers/x1_seed1", "teachers/x1_seed2",
+      "students/none_x16_seed0", "students/none_x8_seed0"]
 
 
 def test_longer_students_are_the_tables_students_with_more_steps_and_its_teachers(tmp_path):
