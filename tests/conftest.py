@@ -46,8 +46,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 def pytest_collection_modifyitems(config, items):
   """Tests marked "extended" (minutes each: the whole Table 2 at the test scale, the multi-device
-  distillation step, validation and prediction, two jax.distributed processes) run only with PKD_EXTENDED_TESTS=1: CI's whole
-  suite must stay under 10 minutes on 2 cores."""
+  distillation step, validation and prediction, two jax.distributed processes) run only with
+  PKD_EXTENDED_TESTS=1: CI's whole suite must stay under 10 minutes on 2 cores."""
   del config
   if os.environ.get("PKD_EXTENDED_TESTS") == "1":
     return

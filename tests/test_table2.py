@@ -78,7 +78,8 @@ def test_only_selects_units_and_students_wait_for_their_teachers(tmp_path):
                                       "teachers/x2, teachers/x1;.*--only=teachers"):
     table.train(table.select(["students/pkd_x16_seed0"]))
   takd = table.select(["students/takd_x16_seed0"])[0]
-  assert takd.needs == ("teachers/ta_x4",) and table.select(["students/none_x8_seed0"])[0].needs == ()
+  assert takd.needs == ("teachers/ta_x4",)
+  assert table.select(["students/none_x8_seed0"])[0].needs == ()
   assert table.select(["teachers/ta_x4"])[0].needs == ("teachers/x1",)  # distilled from it
 
 
@@ -182,7 +183,8 @@ def test_rows_pool_seeds_and_pkd_is_tested_against_each_row_with_holm():
                   for s in (0, 1)])
   np.testing.assert_allclose(none["per_seed"], raw.mean(axis=1))
   np.testing.assert_allclose(none["per_case"], raw.mean(axis=0))
-  assert np.isclose(none["std"], np.std(raw.mean(axis=1), ddof=1)) and none["spread_over"] == "seeds"
+  assert np.isclose(none["std"], np.std(raw.mean(axis=1), ddof=1))
+  assert none["spread_over"] == "seeds"
   p = rows["w/o PKD"]["p_vs_pkd"]["tmax"]
   kd_p = rows["KD"]["p_vs_pkd"]["tmax"]["rmse"]["p"]
   assert p["rmse"]["p"] < 0.05 and p["rmse"]["p"] < kd_p  # the smallest of a family of 2
