@@ -19,6 +19,9 @@ needs no tiling.
 
 from __future__ import annotations
 
+import collections
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,19 +85,88 @@ def predict(model, variables, inputs: np.ndarray, window_frames: int,
 
   Data parallel (pkd_jax.parallel) over mesh (default: all devices): the variables replicated,
   each batch split over the devices. batch_size is rounded up to a multiple of their number and
-  the last batch padded to it (one shape is compiled); the padding's maps are dropped. With
-  several processes every process passes all the inputs and gets all the maps.
+  the last batch padded to it (one shape is compiled); the padding's maps are dropped. A batch
+  whose compiled program needs more memory than the devices have free is halved first
+  (:func:`fitting_program`). With several processes every process passes all the inputs and
+  gets all the maps.
   """
+  if not len(inputs):
+    raise ValueError("no series to predict")
   mesh = parallel.make_mesh() if mesh is None else mesh
   devices = parallel.num_devices(mesh)
   batch_size = -(-batch_size // devices) * devices
   variables = parallel.replicate(mesh, variables)
-  predict_batch = predict_batch_fn(model)
+
+  def batches(size):
+    for start in range(0, len(inputs), size):
+      chunk, real = parallel.pad_batch({"x": inputs[start:start + size]}, size)
+      yield parallel.shard_batch(mesh, chunk["x"], global_batch=True), real
+
+  key = (model, window_frames, stride, batch_size, inputs.shape[1:], str(inputs.dtype),
+         tuple(d.id for d in mesh.devices.flat))
+  if key not in _FITTED:
+    predict_batch = predict_batch_fn(model)
+    compile_for = lambda size: predict_batch.lower(
+        variables, next(batches(size))[0], model=model, window_frames=window_frames,
+        stride=stride).compile()
+    _FITTED[key] = fitting_program(compile_for, batch_size, devices, mesh)
+    while len(_FITTED) > 8:
+      _FITTED.popitem(last=False)
+  _FITTED.move_to_end(key)
+  compiled, batch_size = _FITTED[key]
   outputs = []
-  for start in range(0, len(inputs), batch_size):
-    chunk, size = parallel.pad_batch({"x": inputs[start:start + batch_size]}, batch_size)
-    series = parallel.shard_batch(mesh, chunk["x"], global_batch=True)
-    maps = parallel.to_host(predict_batch(variables, series, model=model,
-                                          window_frames=window_frames, stride=stride))
+  for series, size in batches(batch_size):
+    maps = parallel.to_host(compiled(variables, series))
     outputs.append({k: v[:size] for k, v in maps.items()})
   return {k: np.concatenate([o[k] for o in outputs]) for k in TARGET_MAPS}
+
+
+# predict's compiled programs and batch sizes, by model, window rule, batch size asked for, input
+# shape and devices: later calls (every case of a prediction, every unit an experiment scores)
+# neither trace nor compile again. The most recently used 8 are kept.
+_FITTED: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
+
+
+def fitting_program(compile_for, batch_size: int, step: int, mesh: jax.sharding.Mesh):
+  """``(compile_for(b), b)`` for the largest batch b, from ``batch_size`` halving down to ``step``
+  (the number of devices; b stays a multiple of it), whose program fits in the memory its devices
+  have free: XLA's memory analysis of the compiled program (its temporary buffers, arguments and
+  outputs per device; summed over the devices of one memory, e.g. the CPU's) against
+  :func:`pkd_jax.runtime.free_memory_bytes`. A smaller batch is said on stderr; if none fits the
+  smallest runs all the same, with a warning; if the free memory is unknown the batch asked for
+  runs. On a CPU a whole 256 x 256 slice of 40 frames at F = 16 needs ~3.8 GB (batch 4: 15.2 GB of
+  buffers, 17.2 GB peak of the process), and batches of 2 were killed on a 24 GB machine before
+  the windows went one after another."""
+  first = batch_size
+  while True:
+    compiled = compile_for(batch_size)
+    need, free = memory_need(compiled, mesh), _free_memory(mesh)
+    smaller = max(step, (batch_size // 2) // step * step)
+    if free is None or need <= free or smaller >= batch_size:
+      if free is not None and need > free:
+        print(f"pkd_jax: a batch of {batch_size} slice(s) needs {need / 2**30:.1f} GiB and "
+              f"{free / 2**30:.1f} GiB are free: it may run out of memory", file=sys.stderr)
+      elif batch_size != first:
+        print(f"pkd_jax: batches of {batch_size} slice(s) instead of {first}, to fit in the "
+              f"{free / 2**30:.1f} GiB free ({need / 2**30:.1f} GiB needed)", file=sys.stderr)
+      return compiled, batch_size
+    batch_size = smaller
+
+
+def memory_need(compiled, mesh: jax.sharding.Mesh) -> int:
+  """Bytes the program takes per memory: per device, times the devices that share one memory
+  (all local CPU devices share the host's)."""
+  m = compiled.memory_analysis()
+  per_device = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+  local = _local_devices(mesh)
+  return per_device * (len(local) if local and local[0].platform == "cpu" else 1)
+
+
+def _free_memory(mesh: jax.sharding.Mesh) -> int | None:
+  """The least free memory of this process's devices of the mesh (None if unknown)."""
+  free = [runtime.free_memory_bytes(d) for d in _local_devices(mesh)]
+  return None if not free or any(f is None for f in free) else min(free)
+
+
+def _local_devices(mesh: jax.sharding.Mesh) -> list:
+  return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]

@@ -399,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "the factor the run was trained at)")
   parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                       help="the checkpoint to use: best validation loss (default) or latest")
-  parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
+  parser.add_argument("--batch-size", type=int, default=4,
+                      help="slices per forward pass, at most (halved while the compiled batch "
+                      "needs more memory than is free)")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace --output if it exists and is not empty")
   parser.add_argument("--force", action="store_true",

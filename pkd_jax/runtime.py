@@ -23,6 +23,25 @@ def _jit(fun: Callable, options: tuple, jit_kwargs: tuple):
   return jax.jit(fun, compiler_options=dict(options) or None, **dict(jit_kwargs))
 
 
+def free_memory_bytes(device) -> int | None:
+  """Bytes a new allocation on ``device`` can still take: an accelerator's limit less what is in
+  use (``device.memory_stats()``), a CPU's the host's MemAvailable (Linux /proc/meminfo; shared
+  by all CPU devices of the process); None where neither is known."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+  if device.platform != "cpu":
+    return None
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
 def enable_compilation_cache() -> None:
   """Keeps compiled XLA programs on disk, so a re-run (or resume) skips most compilation.
 
