@@ -158,15 +158,11 @@ def memory_need(compiled, mesh: jax.sharding.Mesh) -> int:
   (all local CPU devices share the host's)."""
   m = compiled.memory_analysis()
   per_device = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-  local = _local_devices(mesh)
+  local = mesh.local_devices
   return per_device * (len(local) if local and local[0].platform == "cpu" else 1)
 
 
 def _free_memory(mesh: jax.sharding.Mesh) -> int | None:
   """The least free memory of this process's devices of the mesh (None if unknown)."""
-  free = [runtime.free_memory_bytes(d) for d in _local_devices(mesh)]
+  free = [runtime.free_memory_bytes(d) for d in mesh.local_devices]
   return None if not free or any(f is None for f in free) else min(free)
-
-
-def _local_devices(mesh: jax.sharding.Mesh) -> list:
-  return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
