@@ -775,6 +775,7 @@ def main(argv):
   del argv
   if _WORKER_CORES.value:  # before JAX sizes its thread pool by the cores this process may use
     os.sched_setaffinity(0, [int(c) for c in _WORKER_CORES.value])
+  runtime.share_accelerator(_WORKERS.value)  # the workers, and this process's reference rows
   runtime.enable_compilation_cache()
   verbosity = flags.FLAGS["verbosity"]  # absl's own flag: --verbosity=0 shows library INFO lines
   runtime.set_library_logging(verbosity.value if verbosity.present else None)

@@ -289,6 +289,24 @@ def test_workers_split_the_cores_and_cannot_outnumber_them():
     table2.worker_cores(0, [0, 1])
 
 
+def test_workers_share_a_gpu_by_allocating_as_they_go_unless_the_user_chose(monkeypatch):
+  """JAX's default (75% of the GPU at a process's first use) leaves a second worker no memory."""
+  from pkd_jax import runtime  # pylint: disable=import-outside-toplevel
+  for name in ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION"):
+    monkeypatch.delenv(name, raising=False)
+  runtime.share_accelerator(1)
+  assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
+  runtime.share_accelerator(2)
+  assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE")
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".3")
+  runtime.share_accelerator(3)
+  assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
+  runtime.share_accelerator(3)
+  assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
+
+
 _FAKE_WORKERS = """
 import sys
 sys.path.insert(0, {root!r})
