@@ -46,9 +46,9 @@ def share_accelerator(processes: int) -> None:
   """Lets ``processes`` JAX processes of this machine share its GPU: unless the user set
   ``XLA_PYTHON_CLIENT_PREALLOCATE`` or ``XLA_PYTHON_CLIENT_MEM_FRACTION``, each (this one and
   the children it starts, which inherit the environment) allocates GPU memory as it needs it
-  rather than taking 75% of it at its first use (JAX's default, under which a second process runs
-  out of memory). Call it before JAX first touches a device; one process changes nothing, nor
-  does the setting on a CPU.
+  rather than reserving 75% of it at its first use (JAX's default, which leaves the other
+  processes at most a quarter between them). Call it before JAX first touches a device; one
+  process changes nothing, nor does the setting on a CPU.
   """
   if processes > 1 and not {"XLA_PYTHON_CLIENT_PREALLOCATE",
                             "XLA_PYTHON_CLIENT_MEM_FRACTION"} & set(os.environ):

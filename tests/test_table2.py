@@ -290,7 +290,8 @@ def test_workers_split_the_cores_and_cannot_outnumber_them():
 
 
 def test_workers_share_a_gpu_by_allocating_as_they_go_unless_the_user_chose(monkeypatch):
-  """JAX's default (75% of the GPU at a process's first use) leaves a second worker no memory."""
+  """JAX's default (75% of the GPU reserved at a process's first use) leaves the other workers at
+  most a quarter between them."""
   from pkd_jax import runtime  # pylint: disable=import-outside-toplevel
   for name in ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION"):
     monkeypatch.delenv(name, raising=False)
