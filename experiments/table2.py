@@ -110,7 +110,7 @@ SCALES = {
     # (teachers and competitors 3,000, students 2,400; PKD's epochs 32 steps, cap 15: 80% of the
     # steps in the progression, as mini) and 32 test cases. Sized from the mini table measured on
     # an H200 (README, Results: 37 units and the report in 9.4 minutes with 4 workers; a unit's
-    # steps bound by per-step overhead, 30-40 steps/s a worker, not by the GPU): about 18 minutes
+    # steps bound by fixed per-step costs, 15-80 steps/s a worker, not arithmetic): about 18 minutes
     # estimated; not yet run. At the paper's sizes one GPU is busy (teacher step 0.046 s, a
     # student's 0.069-0.101 s on the H200), so such steps there take hours: that is "paper".
     "gpu": Scale("mini", 3, 3000, 2400, 3000, 600, overrides=(("data.num_cases.test", 32),),
