@@ -3,14 +3,17 @@
 # TABLE_WORKERS processes on the first cores, beside tests pinned to the last TEST_CORES cores,
 # then (time left) the paper-size teacher and student steps that size the "gpu" scale:
 #
-#   OUT=results_dir [WHEELS=dir] [SCALE=mini] [TABLE_WORKERS=3] [TABLE_S=420] [DEADLINE_S=560] \
+#   OUT=results_dir [WHEELS=dir] [SCALE=mini] [TABLE_WORKERS=4] [TABLE_S=420] [DEADLINE_S=560] \
 #     [PYTEST_ARGS="tests/..."] [TEST_CORES=4] bash benchmarks/gpu_table2.sh
 #
 # The runs folder is runs/table2_gpu_$SCALE in the repository (ignored by git, so it stays on a
 # warm machine between calls): the same command again resumes an interrupted table. The table's
 # own files (Markdown, CSV, JSON, figures) land in $OUT/table2_$SCALE_gpu, the log in
 # $OUT/log.txt, the tests' output in $OUT/pytest.txt. The extended Table 2 test
-# (PKD_EXTENDED_TESTS=1) runs among the tests.
+# (PKD_EXTENDED_TESTS=1) runs among the tests. On the H200 of 2026-12-04 (16 cores) the mini table
+# took two calls on one warm machine: TABLE_S=470 DEADLINE_S=555 (23 of 37 units, 501 s in all),
+# then TABLE_S=300 DEADLINE_S=315 PYTEST_ARGS=tests/test_configs.py TEST_CORES=2 (the rest and
+# the report in 89 s, then the student steps; 220 s): README, Results, The mini table on a GPU.
 set -u
 DEADLINE_S=${DEADLINE_S:-560}
 START=$(date +%s)
@@ -40,7 +43,7 @@ TESTS=$!
 t0=$(date +%s)
 timeout -s INT -k 20 "${TABLE_S:-420}" taskset -c "$TABLE_CPUS" python3 experiments/table2.py \
   --scale="$SCALE" --runs="runs/table2_gpu_$SCALE" --out="$OUT/table2_${SCALE}_gpu" \
-  --workers="${TABLE_WORKERS:-3}" >"$OUT/table2.txt" 2>&1
+  --workers="${TABLE_WORKERS:-4}" >"$OUT/table2.txt" 2>&1
 echo "== table2 $SCALE: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 tr '\r' '\n' <"$OUT/table2.txt" | grep -E "^(w[0-9]+ )?\[[0-9]+/[0-9]+\]|Error|error|wrote" \
   | tail -60 >>"$LOG"
