@@ -27,7 +27,8 @@ TABLE_CPUS="0-$((CORES - TEST_CORES - 1))"
 TEST_CPUS="$((CORES - TEST_CORES))-$((CORES - 1))"
 left() { echo $((DEADLINE_S - ($(date +%s) - START))); }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import jax, flax; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__)"
+  python3 -c "import jax, flax
+print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__)"
 } >>"$LOG" 2>&1
 echo "table on cores $TABLE_CPUS, tests on $TEST_CPUS, $(left) s left" | tee -a "$LOG"
 
