@@ -11,7 +11,7 @@
 # own files (Markdown, CSV, JSON, figures) land in $OUT/table2_$SCALE_gpu, the log in
 # $OUT/log.txt, the tests' output in $OUT/pytest.txt. The extended Table 2 test
 # (PKD_EXTENDED_TESTS=1) runs among the tests. On the H200 of 2026-12-04 (16 cores) the mini table
-# took two calls on one warm machine: TABLE_S=470 DEADLINE_S=555 (23 of 37 units, 501 s in all),
+# took two calls on one warm machine: TABLE_S=470 DEADLINE_S=555 (30 of 37 units, 501 s in all),
 # then TABLE_S=300 DEADLINE_S=315 PYTEST_ARGS=tests/test_configs.py TEST_CORES=2 (the rest and
 # the report in 89 s, then the student steps; 220 s): README, Results, The mini table on a GPU.
 set -u
