@@ -86,9 +86,15 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 def replicate(mesh: jax.sharding.Mesh, tree: Any) -> Any:
   """Every array leaf of ``tree`` replicated over the mesh (leaves already so are kept as they
   are). The values must be the same on every process (one seed's initialisation, a checkpoint).
-  They go through host memory: ``jax.device_put`` cannot move an array committed to one device
-  (a restored or jit-made one) onto devices of other processes."""
+
+  In one process this is one ``jax.device_put`` of the whole tree (device to device; leaves
+  already on the mesh's one device may be returned without a copy). With several processes the
+  leaves go through host memory: ``jax.device_put`` cannot move an array committed to one device
+  (a restored or jit-made one) onto devices of other processes. On a 2-core CPU a fresh V-Net
+  train state's 870 arrays took 68 ms by the host and 24 ms by ``device_put`` (medians of 5)."""
   sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
 
   def place(x):
     if isinstance(x, jax.Array) and x.sharding == sharding:
