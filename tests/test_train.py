@@ -271,7 +271,8 @@ def test_best_checkpoint_is_the_lowest_validation_loss_and_survives_the_keep_pol
 
 
 def _save_one(workdir, config, state, keep: int) -> None:
-  """A workdir holding one checkpoint of state, step 1 (validation loss 1.0), as the loop saves."""
+  """A workdir holding one checkpoint of state, step 1 (validation loss 1.0), as the loop saved
+  before the flat layout (the state's own tree as the item "state"): such checkpoints still load."""
   checkpoints.check_workdir_spec(str(workdir), checkpoints.model_spec(config))
   manager = checkpoints.checkpoint_manager(str(workdir), keep=keep)
   manager.save(1, args=ocp.args.Composite(
@@ -304,6 +305,53 @@ def test_load_variables_reads_only_the_variables_and_each_checkpoint_once(tmp_pa
   os.utime(step_folder, ns=(step_folder.stat().st_atime_ns, step_folder.stat().st_mtime_ns + 10**9))
   assert checkpoints.load_variables(str(tmp_path), config)["params"] is not first["params"]
   assert reads == [1, 1]
+
+
+class _Iterator:  # what restore_latest needs of the input iterator
+  def set_state(self, state):
+    self.state = state
+
+
+def test_a_checkpoint_is_the_state_flat_and_restores_exactly_and_old_ones_still_load(tmp_path):
+  """checkpoints.save writes the state as a few flat arrays (orbax's cost is per array);
+  restore_latest gives back every leaf bit for bit, load_variables the variables without the
+  optimiser state (another optimiser's checkpoint loads), and a checkpoint of the older layout
+  (the state's tree) resumes too."""
+  config = _config()
+  model = models.from_config(config)
+  state = init_state(config, model, optax.sgd(0.1, momentum=0.9), 0)  # not the configured Adam
+  state = state.replace(step=jax.numpy.asarray(7, jax.numpy.int32),
+                        params=jax.tree.map(lambda x: x + 1.0, state.params))
+  checkpoints.check_workdir_spec(str(tmp_path), checkpoints.model_spec(config))
+  manager = checkpoints.checkpoint_manager(str(tmp_path), keep=2)
+  checkpoints.save(manager, 1, state, {"position": 3}, {"stage": 2}, 1.0)
+  manager.wait_until_finished()
+  item = tmp_path / "checkpoints" / "1" / checkpoints.FLAT
+  assert item.is_dir() and not (tmp_path / "checkpoints" / "1" / "state").exists()
+  saved = manager.item_metadata(1)[checkpoints.FLAT]
+  assert set(saved) == {"variables", "rest"} and "int32_0" in saved["rest"]
+  assert len(jax.tree.leaves(saved)) < 20 < 100 < len(jax.tree.leaves(state))
+  teaching = hooks.Hook()
+  loaded = {}
+  teaching.load_state_dict = loaded.update
+  iterator = _Iterator()
+  restored = checkpoints.restore_latest(manager, state, iterator, teaching)
+  assert iterator.state == {"position": 3} and loaded == {"stage": 2}
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+  variables = checkpoints.load_variables(str(tmp_path), config)
+  for a, b in zip(_leaves(variables), _leaves({"params": state.params,
+                                                "batch_stats": state.batch_stats})):
+    np.testing.assert_array_equal(a, b)
+  old = tmp_path / "old"
+  old.mkdir()
+  _save_one(old, config, state, keep=1)
+  restored = checkpoints.restore_latest(checkpoints.checkpoint_manager(str(old), keep=1), state,
+                                        _Iterator())
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_loading_a_checkpoint_leaves_a_save_in_progress_alone(tmp_path, caplog):
