@@ -128,6 +128,10 @@ def _parts(state) -> dict[str, Any]:
 CHUNK = 2 ** 20  # elements: smaller leaves are packed into flat arrays of up to this many
 
 
+def _size(leaf) -> int:
+  return int(np.prod(leaf.shape, dtype=np.int64))
+
+
 def _chunks(leaves) -> list[str]:
   """Which flat array each leaf goes to: the leaves of one dtype, in tree order, packed into
   arrays ("float32_0", "float32_1", ...) of up to :data:`CHUNK` elements; a leaf of CHUNK or more
@@ -137,7 +141,7 @@ def _chunks(leaves) -> list[str]:
   fill: dict[str, tuple[int, int]] = {}  # dtype -> (its current array's number, elements in it)
   names = []
   for leaf in leaves:
-    dtype, size = np.dtype(leaf.dtype).name, int(np.prod(leaf.shape, dtype=np.int64))
+    dtype, size = np.dtype(leaf.dtype).name, _size(leaf)
     number, used = fill.get(dtype, (-1, CHUNK))
     if used + size > CHUNK:
       number, used = number + 1, 0
@@ -162,7 +166,7 @@ def _flat_shapes(abstract) -> dict[str, np.ndarray]:
   sizes: dict[str, tuple[int, Any]] = {}
   for name, leaf in zip(_chunks(leaves), leaves):
     size, _ = sizes.get(name, (0, leaf.dtype))
-    sizes[name] = (size + int(np.prod(leaf.shape, dtype=np.int64)), leaf.dtype)
+    sizes[name] = (size + _size(leaf), leaf.dtype)
   return {name: np.empty((size,), dtype) for name, (size, dtype) in sizes.items()}
 
 
@@ -172,20 +176,22 @@ def _unflatten(abstract, flat: dict[str, np.ndarray]):
   offsets = dict.fromkeys(flat, 0)
   out = []
   for name, leaf in zip(_chunks(leaves), leaves):
-    size = int(np.prod(leaf.shape, dtype=np.int64))
+    size = _size(leaf)
     out.append(flat[name][offsets[name]:offsets[name] + size].reshape(leaf.shape))
     offsets[name] += size
   return jax.tree.unflatten(treedef, out)
 
 
-def _restore_flat(manager: ocp.CheckpointManager, step: int, parts: dict[str, Any]):
-  """The parts named in ``parts`` (name -> abstract tree) of checkpoint ``step``'s flat state,
-  as host arrays on those trees."""
+def _flat_restore(parts: dict[str, Any]) -> ocp.args.PyTreeRestore:
+  """The restore args of the flat state's parts named in ``parts`` (name -> abstract tree), as
+  host arrays; :func:`_unflatten_parts` puts the restored arrays back on those trees."""
   target = {name: _flat_shapes(tree) for name, tree in parts.items()}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-  restored = manager.restore(step, args=ocp.args.Composite(**{FLAT: ocp.args.PyTreeRestore(
-      item=target, restore_args=restore_args, partial_restore=True)}))[FLAT]
-  return {name: _unflatten(tree, restored[name]) for name, tree in parts.items()}
+  return ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+
+
+def _unflatten_parts(parts: dict[str, Any], restored: dict[str, Any]) -> dict[str, Any]:
+  return {name: _unflatten(tree, restored[FLAT][name]) for name, tree in parts.items()}
 
 
 def _is_flat(manager: ocp.CheckpointManager, step: int) -> bool:
@@ -213,9 +219,11 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState, data_itera
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   try:
     if _is_flat(manager, step):
-      parts = _restore_flat(manager, step, _parts(abstract))
-      restored = manager.restore(step, args=ocp.args.Composite(
-          data=ocp.args.JsonRestore(), teaching=ocp.args.JsonRestore()))
+      parts = _parts(abstract)
+      restored = manager.restore(step, args=ocp.args.Composite(**{
+          FLAT: _flat_restore(parts), "data": ocp.args.JsonRestore(),
+          "teaching": ocp.args.JsonRestore()}))
+      parts = _unflatten_parts(parts, restored)
       restored_state = parts["rest"].replace(**parts["variables"])
     else:  # written before the flat layout
       restored = manager.restore(step, args=ocp.args.Composite(
@@ -280,16 +288,16 @@ def load_variables(workdir: str, config: ml_collections.ConfigDict,
   if key in _LOADED:
     _LOADED.move_to_end(key)
     return dict(_LOADED[key])  # the arrays are immutable; the dict is the caller's
-  sharding = parallel.replicated(mesh)
   fresh = jax.eval_shape(lambda: init_state(config, model, tx, 0))
-  abstract = _parts(fresh)["variables"]
+  parts = {"variables": _parts(fresh)["variables"]}
   try:
     if _is_flat(manager, step):
-      variables = parallel.replicate(mesh, _restore_flat(manager, step,
-                                                         {"variables": abstract})["variables"])
+      restored = manager.restore(step, args=ocp.args.Composite(**{FLAT: _flat_restore(parts)}))
+      variables = parallel.replicate(mesh, _unflatten_parts(parts, restored)["variables"])
     else:  # written before the flat layout
+      sharding = parallel.replicated(mesh)
       target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            abstract)
+                            parts["variables"])
       restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
           partial_restore=True)))
