@@ -18,7 +18,7 @@ from pkd_jax.data.case import TARGET_MAPS
 from pkd_jax.metrics import METRICS
 
 
-@pytest.mark.extended  # 105-135 s cold on 2 cores (README, "The test-scale Table 2")
+@pytest.mark.extended  # 110-135 s cold on 2 cores (README, "The test-scale Table 2")
 def test_table2_runs_whole_at_test_scale_and_a_rerun_retrains_nothing(tmp_path, monkeypatch):
   """The first run trains in two worker processes (--workers=2: each pinned to a core, scoring
   what it trains); the rerun, in this process, finds everything trained and scored."""
