@@ -96,7 +96,7 @@ SCALES = {
     # Tiny networks, 2 steps each, one seed (compiling each kind of step dominates: minutes on 2
     # CPU cores); 3 test cases so that the t-tests have values. Slices of 32 x 32 (the patch) and
     # 3 windows (starts 0, 12, 24 of the 40 frames: every frame still seen) instead of the test
-    # config's 48 x 48 and 4: validation and scoring computed ~2.3x fewer voxels (the extended
+    # config's 48 x 48 and 4: validation and scoring compute a third of the voxels (the extended
     # test 110 s against 121 s cold, one after the other, 2026-12-04).
     "test": Scale("test", 1, 2, 2, 2, 2, overrides=(
         ("data.num_cases.test", 3), ("data.phantom.height", 32), ("data.phantom.width", 32),
