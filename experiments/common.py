@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import time
 
 import numpy as np
 
-from pkd_jax import checkpoints, fileio, train
+from pkd_jax import checkpoints, fileio, runtime, train
 from pkd_jax.data.case import TARGET_MAPS
 
 TRAIN_TIME_FILE = "train_time.json"
+
+
+def provenance() -> dict:
+  """Where an experiment's numbers were made, for its JSON: the date, the machine and what else
+  they depend on (pkd_jax.runtime.environment: package versions, backend, CPU, XLA flags)."""
+  return dict(date=datetime.date.today().isoformat(),
+              machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+              environment=runtime.environment())
 
 
 def train_timed(config, workdir: str, hook=None) -> float:

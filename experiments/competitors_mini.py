@@ -15,9 +15,7 @@
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
 import sys
 import time
 
@@ -29,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import teacher as teacher_config
 from configs import unet_gan as unet_gan_config
 from configs import unitobrain as unitobrain_config
-from experiments.common import summary, train_timed
+from experiments.common import provenance, summary, train_timed
 from pkd_jax import baselines, checkpoints, evaluate, fileio, models, report
 
 _RUNS = flags.DEFINE_string("runs", "runs", "folder of the run folders")
@@ -86,8 +84,7 @@ def main(argv):
   fileio.write_text(stem + ".md", markdown + ("\n" + notes if notes else ""))
   fileio.write_text(stem + ".csv", csv_text)
   fileio.write_json(stem + ".json", dict(
-      command=command, date=datetime.date.today().isoformat(),
-      machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+      command=command, **provenance(),
       steps={f"{m} x{f}": int(c.train.steps) for m, f, c, _ in plan},
       train_wall_s=train_s, evaluate_wall_s=round(time.perf_counter() - start, 1),
       num_test_cases=len(rows[0]["per_case"]["tmax"]["rmse"]), rows=summaries))

@@ -23,9 +23,7 @@ Two processes may train two strategies at once (``--strategies=none --noreport``
 from __future__ import annotations
 
 import ast
-import datetime
 import os
-import platform
 import sys
 from typing import Any
 
@@ -36,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
 from experiments import table2
-from experiments.common import recorded_train_s, summary
+from experiments.common import provenance, recorded_train_s, summary
 from pkd_jax import baselines, checkpoints, evaluate, fileio, models, report, runtime
 from pkd_jax.data.case import TARGET_MAPS
 
@@ -142,8 +140,7 @@ def main(argv):
   os.makedirs(flags.FLAGS.out, exist_ok=True)
   fileio.write_text(stem + ".md", "\n".join(lines) + "\n")
   fileio.write_json(stem + ".json", dict(
-      command=" ".join(["python"] + sys.argv), date=datetime.date.today().isoformat(),
-      machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+      command=" ".join(["python"] + sys.argv), **provenance(),
       steps=_STEPS.value, seed=_SEED.value, settings=dict(settings),
       num_test_cases=len(records[1]), rows=rows, p_pkd_below_none=p))
   histories, switches = table2.validation_histories(

@@ -43,12 +43,10 @@ by Holm-Bonferroni (``p_holm``).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import fnmatch
 import functools
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -64,7 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import student as student_config
 from configs import unet_gan as unet_gan_config
 from configs import unitobrain as unitobrain_config
-from experiments.common import recorded_train_s, train_timed
+from experiments.common import provenance, recorded_train_s, train_timed
 from pkd_jax import baselines, checkpoints, distill, evaluate, fileio, job, metrics, models, report
 from pkd_jax import runtime, train
 from pkd_jax.data.case import TARGET_MAPS
@@ -764,8 +762,7 @@ def run(scale: str, runs: str, out: str, only: list[str] | None = None,
   unit_times = {u.name: round(t, 1) for u in table.units
                 if (t := recorded_train_s(table.folder(u))) is not None}
   result = dict(
-      command=" ".join(["python"] + sys.argv), date=datetime.date.today().isoformat(),
-      machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+      command=" ".join(["python"] + sys.argv), **provenance(),
       scale=scale, scale_settings=dataclasses.asdict(table.scale), workers=workers,
       num_seeds=num_seeds,
       num_test_cases=num_cases, units_trained=trained, units_planned=len(table.units),

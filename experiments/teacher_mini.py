@@ -18,10 +18,8 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -32,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 from configs import teacher as teacher_config
 
-from experiments.common import summary, train_timed
+from experiments.common import provenance, summary, train_timed
 from pkd_jax import baselines, checkpoints, evaluate, fileio, metrics, models, report, train
 from pkd_jax.data.case import TARGET_MAPS
 
@@ -71,8 +69,7 @@ def main(argv):
   start = time.perf_counter()
   rows = comparison(config, _WORKDIR.value)
   result = dict(
-      command=command, date=datetime.date.today().isoformat(),
-      machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+      command=command, **provenance(),
       train_wall_s=round(train_s, 1), evaluate_wall_s=round(time.perf_counter() - start, 1),
       config="configs/teacher.py:1,mini", maps=list(TARGET_MAPS), **rows)
   os.makedirs(_OUT.value, exist_ok=True)

@@ -21,9 +21,7 @@ Writes ``voxel_oracle_mini.{md,json}`` under --out.
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
 import sys
 import time
 
@@ -35,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
 from experiments import table2
-from experiments.common import summary
+from experiments.common import provenance, summary
 from pkd_jax import baselines, evaluate, fileio, inference, metrics
 from pkd_jax.data import temporal
 
@@ -121,8 +119,7 @@ def main(argv):
   stem = os.path.join(flags.FLAGS.out, "voxel_oracle_mini")
   fileio.write_text(stem + ".md", "\n".join(lines) + "\n")
   fileio.write_json(stem + ".json", dict(
-      command=" ".join(["python"] + sys.argv), date=datetime.date.today().isoformat(),
-      machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+      command=" ".join(["python"] + sys.argv), **provenance(),
       train_cases=_TRAIN_CASES.value, neighbours=_NEIGHBOURS.value, sigma_px=_SIGMA.value,
       num_test_cases=len(test[1]), rows=rows, wall_s=round(time.time() - start, 1)))
   print("\n".join(lines))

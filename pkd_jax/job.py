@@ -22,7 +22,8 @@ from typing import Any
 
 import ml_collections
 
-from pkd_jax import baselines, checkpoints, distill, evaluate, fileio, models, report, train
+from pkd_jax import baselines, checkpoints, distill, evaluate, fileio, models, report, runtime
+from pkd_jax import train
 from pkd_jax.distill import TeacherSpec
 
 
@@ -158,7 +159,7 @@ class Job:
       with open(schedule_path) as f:
         schedule = json.load(f)
     fileio.write_json(stem + ".json", dict(strategy=self.strategy, map_ranges=ranges, rows=summary,
-                                           schedule=schedule))
+                                           schedule=schedule, environment=runtime.environment()))
     report.comparison_figure(truth, predictions, ranges, stem + ".png",
                              title=f"test slice: student ({self.strategy}) and its teachers")
     report.lesion_figure(lesions, ranges["tmax"], stem + "_lesions.png",

@@ -4,8 +4,13 @@ functions compiled with XLA options of their own."""
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
+import platform
 from typing import Callable
+
+# The packages whose versions decide a run's numbers (pkd_jax.runtime.environment).
+NUMERIC_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy")
 
 
 def jit_with_options(fun: Callable, options: dict[str, str] | None = None, **jit_kwargs):
@@ -77,3 +82,47 @@ def set_library_logging(verbosity: int | None = None) -> None:
   from absl import logging  # pylint: disable=import-outside-toplevel
 
   logging.set_verbosity(logging.WARNING if verbosity is None else verbosity)
+
+
+def environment() -> dict:
+  """What a run's numbers depend on besides its config and code: the package versions
+  (:data:`NUMERIC_PACKAGES`), the Python, the JAX backend and its devices, the CPU (its model and
+  widest vector extension, from /proc/cpuinfo where there is one) and $XLA_FLAGS.
+
+  The same code and seeds give the same numbers bit for bit only with all of these the same: XLA
+  compiles for the CPU it runs on, so another CPU (or another XLA option, another thread count, a
+  GPU) rounds some sums differently, and training grows those last bits into differences of the
+  size of the spread between seeds (README, Results: a mini teacher on two machines).
+  """
+  import jax  # pylint: disable=import-outside-toplevel  (predict's --help stays fast)
+
+  versions = {}
+  for name in NUMERIC_PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  devices = jax.devices()
+  return dict(python=platform.python_version(), packages=versions,
+              backend=jax.default_backend(), devices=f"{len(devices)} x {devices[0].device_kind}",
+              cpu=cpu_description(), xla_flags=os.environ.get("XLA_FLAGS", ""))
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The CPU's model name and its widest float vector extension (AVX-512, AVX2, AVX or none
+  seen), e.g. "Intel(R) Xeon(R) Processor, AVX-512"; the machine's architecture where the file
+  is missing (not Linux) or names no model."""
+  try:
+    with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+      text = f.read()
+  except OSError:
+    return platform.machine()
+  fields = {}
+  for line in text.splitlines():
+    key, _, value = line.partition(":")
+    fields.setdefault(key.strip(), value.strip())
+  model = fields.get("model name") or platform.machine()
+  flags = set(fields.get("flags", "").split())
+  vector = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+                 if flag in flags), None)
+  return f"{model}, {vector}" if vector else model

@@ -3,6 +3,7 @@ reference and the sanity floors, and the report rows they give."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats
@@ -223,6 +224,7 @@ def test_job_report_has_the_classical_rows_and_the_floors(tmp_path, monkeypatch)
     assert row in markdown, row
   assert "bSVD (true AIF) | full" not in markdown  # the unsmoothed straw man is gone
   saved = json.loads((tmp_path / "results_pkd.json").read_text())
+  assert saved["environment"]["packages"]["jax"] == jax.__version__  # what the numbers depend on
   keys = {(r.get("key"), r["factor"]) for r in saved["rows"]}
   for factor in (config.train.factor, 1):
     for key in ("classical_best_true_aif", "classical_best_selected_aif", "ttp_tmax",

@@ -35,6 +35,7 @@ def test_table2_runs_whole_at_test_scale_and_a_rerun_retrains_nothing(tmp_path, 
   assert any(r["kind"] == "reference" and r["method"].startswith("classical")
              for r in result["rows"])
   assert result["num_seeds"] == 1 and result["num_test_cases"] == 3
+  assert result["environment"]["packages"]["jax"]  # what the numbers depend on (runtime)
   assert result["units_trained"] == result["units_planned"]
   assert len(result["wall_s"]["train_per_unit"]) == result["units_planned"]  # every unit timed
   for (method, factor), row in rows.items():
