@@ -1,5 +1,6 @@
-"""Process-wide settings of the command lines (main, predict, the experiments), and jitted
-functions compiled with XLA options of their own."""
+"""Process-wide settings of the command lines (main, predict, the experiments), jitted functions
+compiled with XLA options of their own, and a description of the environment a run's numbers
+depend on (:func:`environment`)."""
 
 from __future__ import annotations
 
