@@ -34,17 +34,42 @@ def train_timed(config, workdir: str, hook=None) -> float:
   start = time.perf_counter()
   train.train_and_evaluate(config, workdir, hook)
   seconds = before + time.perf_counter() - start  # a resumed run adds its part
-  fileio.write_json(os.path.join(workdir, TRAIN_TIME_FILE), {"seconds": seconds})
+  # The environment of the sitting that finished the unit (a unit resumed elsewhere mixes two).
+  fileio.write_json(os.path.join(workdir, TRAIN_TIME_FILE),
+                    {"seconds": seconds, "environment": runtime.environment()})
   return seconds
 
 
 def recorded_train_s(workdir: str) -> float | None:
   """The training seconds train_timed recorded in workdir; None if it recorded none."""
+  record = _train_record(workdir)
+  return None if record is None else float(record["seconds"])
+
+
+def recorded_environment(workdir: str) -> dict | None:
+  """The environment (pkd_jax.runtime.environment) in which train_timed finished workdir's
+  training; None if it recorded none (not trained, or trained before it was recorded)."""
+  record = _train_record(workdir)
+  return None if record is None else record.get("environment")
+
+
+def _train_record(workdir: str) -> dict | None:
   path = os.path.join(workdir, TRAIN_TIME_FILE)
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return float(json.load(f)["seconds"])
+    return json.load(f)
+
+
+def group_environments(environments: dict[str, dict | None]) -> list[dict]:
+  """``{unit: environment}`` -> ``[{"environment": e, "units": [...]}, ...]``, one entry per
+  distinct environment (None: not recorded), in order of first appearance: a table whose units
+  were trained on several machines (or with other packages or XLA flags) says so."""
+  groups: dict[str, dict] = {}
+  for unit, env in environments.items():
+    key = json.dumps(env, sort_keys=True)
+    groups.setdefault(key, {"environment": env, "units": []})["units"].append(unit)
+  return list(groups.values())
 
 
 def summary(per_case: dict, tmax_gt6_dice: float) -> dict:

@@ -62,7 +62,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import student as student_config
 from configs import unet_gan as unet_gan_config
 from configs import unitobrain as unitobrain_config
-from experiments.common import provenance, recorded_train_s, train_timed
+from experiments.common import group_environments, provenance, recorded_environment
+from experiments.common import recorded_train_s, train_timed
 from pkd_jax import baselines, checkpoints, distill, evaluate, fileio, job, metrics, models, report
 from pkd_jax import runtime, train
 from pkd_jax.data.case import TARGET_MAPS
@@ -761,6 +762,8 @@ def run(scale: str, runs: str, out: str, only: list[str] | None = None,
   trained = sum(u.name in scores for u in table.units)
   unit_times = {u.name: round(t, 1) for u in table.units
                 if (t := recorded_train_s(table.folder(u))) is not None}
+  trained_in = group_environments({u.name: recorded_environment(table.folder(u))
+                                   for u in table.units if u.name in unit_times})
   result = dict(
       command=" ".join(["python"] + sys.argv), **provenance(),
       scale=scale, scale_settings=dataclasses.asdict(table.scale), workers=workers,
@@ -769,6 +772,7 @@ def run(scale: str, runs: str, out: str, only: list[str] | None = None,
       wall_s=dict(this_call_train=round(train_s, 1),
                   this_call_total=round(time.perf_counter() - start, 1),
                   train_per_unit=unit_times, train_all_sittings=round(sum(unit_times.values()), 1)),
+      trained_in=trained_in,
       rows=rows, reading=text)
   fileio.write_json(stem + ".json", result)
   figures(table, table.units, scores, records, stem)

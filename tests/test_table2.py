@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from experiments import table2
+from experiments import common, table2
 from pkd_jax import fileio
 from pkd_jax.data.case import TARGET_MAPS
 from pkd_jax.metrics import METRICS
@@ -36,6 +36,9 @@ def test_table2_runs_whole_at_test_scale_and_a_rerun_retrains_nothing(tmp_path, 
              for r in result["rows"])
   assert result["num_seeds"] == 1 and result["num_test_cases"] == 3
   assert result["environment"]["packages"]["jax"]  # what the numbers depend on (runtime)
+  [group] = result["trained_in"]  # both workers on this machine, with the same packages and flags
+  assert sorted(group["units"]) == sorted(result["wall_s"]["train_per_unit"])
+  assert group["environment"]["packages"] == result["environment"]["packages"]
   assert result["units_trained"] == result["units_planned"]
   assert len(result["wall_s"]["train_per_unit"]) == result["units_planned"]  # every unit timed
   for (method, factor), row in rows.items():
@@ -60,6 +63,19 @@ def test_table2_runs_whole_at_test_scale_and_a_rerun_retrains_nothing(tmp_path, 
   monkeypatch.setattr(table2.train, "train_and_evaluate", no_training)
   again = table2.run("test", runs, out)
   assert json.dumps(again["rows"]) == json.dumps(result["rows"])  # NaN p-values compare as text
+
+
+def test_units_trained_in_different_environments_are_grouped_apart(tmp_path):
+  avx2, avx512 = {"cpu": "X, AVX2", "packages": {"jax": "0.10.2"}}, {"cpu": "Y, AVX-512"}
+  groups = common.group_environments({"t1": avx2, "t2": avx512, "s1": dict(avx2), "s2": None})
+  assert groups == [{"environment": avx2, "units": ["t1", "s1"]},
+                    {"environment": avx512, "units": ["t2"]},
+                    {"environment": None, "units": ["s2"]}]
+  # A unit trained before environments were recorded: its seconds, and no environment.
+  (tmp_path / common.TRAIN_TIME_FILE).write_text(json.dumps({"seconds": 12.5}))
+  assert common.recorded_train_s(str(tmp_path)) == 12.5
+  assert common.recorded_environment(str(tmp_path)) is None
+  assert common.recorded_environment(str(tmp_path / "untrained")) is None
 
 
 def test_only_selects_units_and_students_wait_for_their_teachers(tmp_path):
